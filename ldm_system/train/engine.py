@@ -1,0 +1,257 @@
+"""The one training engine. Every model family plugs in as a `Task` (see task.py).
+
+The loop, in one screen (`Trainer.fit`):
+
+    for each step:
+        batch = next(stream)
+        with accelerator.accumulate(*modules):
+            for name, loss in task.losses(modules, batch, step):
+                if not finite on every rank: skip the step, count it
+                backward → (on sync) clip → optimizer[name].step → scheduler → zero_grad
+        EMA update · log · preview grid · checkpoint
+
+Everything else (accelerate/DeepSpeed wrapping, checkpoint files, logging sinks) lives in the
+neighbouring modules. `state_dict` / `load_state_dict` cover what accelerate does not save: the
+step counter, NaN counters and the data-stream position, so that a resumed run continues the
+same trajectory.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Literal
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from ldm_system.models.ema import EMA
+from ldm_system.train import checkpoint as ckpt
+from ldm_system.train.logging import RunLogger
+from ldm_system.train.prepare import Prepared, make_accelerator, prepare, uses_deepspeed, warmup_cosine
+from ldm_system.train.task import Task
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    out_dir: str = "runs/debug"
+    steps: int = 100
+    batch_size: int = 8  # per process, per micro-step
+    grad_accum: int = 1
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    max_grad_norm: float = 1.0  # 0 disables clipping
+    warmup_steps: int = 0
+    lr_schedule: Literal["cosine", "constant"] = "constant"
+    min_lr_ratio: float = 0.1
+    ema_module: str = ""  # name of the task module to average ("" = no EMA)
+    ema_decay: float = 0.9999
+    ema_warmup: bool = True
+    gradient_checkpointing: bool = False
+    compile: bool = False
+    log_every: int = 10
+    preview_every: int = 0  # 0 = only at the end
+    ckpt_every: int = 0  # 0 = only at the end
+    keep_last: int = 3
+    max_nan_steps: int = 5  # consecutive non-finite steps before stopping
+    seed: int = 0
+    progress: bool = True
+
+
+class NonFiniteLossError(RuntimeError):
+    pass
+
+
+def _to_device(batch: Any, device: torch.device) -> Any:
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(_to_device(b, device) for b in batch)
+    if isinstance(batch, dict):
+        return {k: _to_device(v, device) for k, v in batch.items()}
+    return batch
+
+
+class Trainer:
+    def __init__(self, task: Task, stream: Iterable, cfg: EngineConfig, run_config: Any = None) -> None:
+        self.task, self.stream, self.cfg = task, stream, cfg
+        self.out = Path(cfg.out_dir)
+        self.accelerator = make_accelerator(cfg.grad_accum, cfg.mixed_precision, cfg.batch_size)
+        acc = self.accelerator
+        torch.manual_seed(cfg.seed + acc.process_index)  # same init on all ranks comes from DDP broadcast
+        if hasattr(task, "to_device"):
+            task.to_device(acc.device)  # frozen helpers (autoencoder, text encoder) stay unwrapped
+        modules = task.build()
+        opts = task.optimizers(modules)
+        factor = warmup_cosine(cfg.warmup_steps, cfg.steps, cfg.min_lr_ratio, cfg.lr_schedule)
+        scheds = {n: torch.optim.lr_scheduler.LambdaLR(o, factor) for n, o in opts.items()}
+        self.p: Prepared = prepare(acc, modules, opts, scheds, cfg.gradient_checkpointing, cfg.compile)
+        self.raw = modules
+        self.ema = EMA(self._unwrapped(cfg.ema_module), cfg.ema_decay, cfg.ema_warmup) if cfg.ema_module else None
+        self.step = 0
+        self.nan_steps_total = 0
+        self.nan_streak = 0
+        self.log = RunLogger(self.out, acc.is_main_process, run_config)
+
+    # ---- state -----------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {"step": self.step, "nan_steps_total": self.nan_steps_total, "nan_streak": self.nan_streak}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.step = int(state["step"])
+        self.nan_steps_total = int(state["nan_steps_total"])
+        self.nan_streak = int(state["nan_streak"])
+
+    def _unwrapped(self, name: str) -> torch.nn.Module:
+        if name not in self.raw:
+            raise ValueError(f"ema_module {name!r} is not one of the task's modules {sorted(self.raw)}")
+        return self.raw[name]
+
+    # ---- checkpoints -----------------------------------------------------------------------
+    def save(self) -> Path:
+        acc, root = self.accelerator, self.out / "checkpoints"
+        tmp = ckpt.tmp_dir(root, self.step)
+        if acc.is_main_process:
+            tmp.mkdir(parents=True, exist_ok=True)
+        acc.wait_for_everyone()
+        acc.save_state(str(tmp))
+        r = acc.process_index
+        if hasattr(self.stream, "state_dict"):
+            ckpt.write_json(tmp / f"loader_rank{r}.json", self.stream.state_dict())
+        if self.ema is not None:
+            save_file(self.ema.state_dict(), str(tmp / f"ema_rank{r}.safetensors"))
+        if acc.is_main_process:
+            meta = {**self.state_dict(), "world_size": acc.num_processes, "task": type(self.task).__name__}
+            if hasattr(self.task, "checkpoint_metadata"):
+                meta["task_metadata"] = self.task.checkpoint_metadata()
+            ckpt.write_json(tmp / "trainer.json", meta)
+        acc.wait_for_everyone()
+        path = ckpt.step_dir(root, self.step)
+        if acc.is_main_process:
+            path = ckpt.commit(root, self.step, self.cfg.keep_last)
+        acc.wait_for_everyone()
+        return path
+
+    def resume(self, path: Path) -> None:
+        acc = self.accelerator
+        meta = ckpt.read_json(path / "trainer.json")
+        if meta.get("task") != type(self.task).__name__:
+            raise ValueError(f"{path} was written by task {meta.get('task')!r}, not {type(self.task).__name__!r}")
+        if self.ema is not None and meta["world_size"] != acc.num_processes and uses_deepspeed(acc):
+            raise ValueError(f"{path}: ZeRO EMA shards were saved by {meta['world_size']} ranks, now {acc.num_processes}")
+        acc.load_state(str(path))
+        self.load_state_dict(meta)
+        r = acc.process_index
+        loader_file = path / f"loader_rank{r}.json"
+        if hasattr(self.stream, "load_state_dict") and loader_file.exists():
+            self.stream.load_state_dict(ckpt.read_json(loader_file))
+        if self.ema is not None:
+            ema_file = path / f"ema_rank{r}.safetensors"
+            if not ema_file.exists():
+                ema_file = path / "ema_rank0.safetensors"
+            self.ema.load_state_dict(load_file(str(ema_file)))
+
+    # ---- the loop --------------------------------------------------------------------------
+    def _all_finite(self, loss: torch.Tensor) -> bool:
+        flag = torch.tensor([float(torch.isfinite(loss.detach()).all())], device=self.accelerator.device)
+        return bool(self.accelerator.reduce(flag, "min").item() > 0)  # every rank agrees to skip
+
+    def _apply(self, name: str, loss: torch.Tensor) -> float | None:
+        acc, cfg = self.accelerator, self.cfg
+        acc.backward(loss)
+        grad_norm = None
+        if acc.sync_gradients and cfg.max_grad_norm > 0:
+            params = [p for p in self.p.modules[name].parameters() if p.requires_grad] if name in self.p.modules else [
+                p for g in self.p.optimizers[name].param_groups for p in g["params"]]
+            gn = acc.clip_grad_norm_(params, cfg.max_grad_norm)
+            grad_norm = float(gn) if gn is not None else None
+        self.p.optimizers[name].step()
+        self.p.schedulers[name].step()
+        self.p.optimizers[name].zero_grad(set_to_none=True)
+        return grad_norm
+
+    def _skip_nonfinite(self, name: str) -> None:
+        self.nan_steps_total += 1
+        self.nan_streak += 1
+        for opt in self.p.optimizers.values():
+            opt.zero_grad(set_to_none=True)
+        self.log.warn(f"step {self.step}: non-finite {name!r} loss, step skipped ({self.nan_streak} in a row)")
+        if self.nan_streak >= self.cfg.max_nan_steps:
+            path = self.save()
+            raise NonFiniteLossError(
+                f"{self.nan_streak} consecutive non-finite losses at step {self.step}; state saved to {path}. "
+                "Lower the learning rate, check the data, or disable fp16."
+            )
+
+    def train_step(self, batch: Any) -> dict[str, float]:
+        acc, stats = self.accelerator, {}
+        with acc.accumulate(*self.p.modules.values()):
+            with acc.autocast():
+                for name, loss in self.task.losses(self.p.modules, batch, self.step):
+                    if not self._all_finite(loss):
+                        self._skip_nonfinite(name)
+                        return {"skipped": 1.0}
+                    gn = self._apply(name, loss)
+                    stats[f"loss/{name}"] = float(loss.detach())
+                    if gn is not None and math.isfinite(gn):
+                        stats[f"grad_norm/{name}"] = gn
+        self.nan_streak = 0
+        if self.ema is not None and acc.sync_gradients:
+            self.ema.update()
+        for name, sched in self.p.schedulers.items():
+            stats[f"lr/{name}"] = sched.get_last_lr()[0]
+        stats.update(self.task.metrics())
+        return stats
+
+    def preview(self, batch: Any) -> None:
+        ctx = self.ema.swap() if self.ema is not None else _null()
+        with ctx, torch.no_grad():
+            images = self.task.preview(self.p.modules, batch)  # every rank: ZeRO-3 gathers need all
+        self.log.grid(images, f"preview_{self.step:08d}.png")
+        self.accelerator.wait_for_everyone()
+
+    def fit(self, resume: str | None = None) -> dict[str, float]:
+        acc, cfg = self.accelerator, self.cfg
+        if resume:
+            path = ckpt.resolve(resume, self.out)
+            if path is not None:
+                self.resume(path)
+                self.log.info(f"resumed from {path} at step {self.step}")
+        stream = iter(self.stream)
+        bar = self.log.progress(cfg.steps, self.step, enabled=cfg.progress)
+        stats: dict[str, float] = {}
+        t0, seen = time.perf_counter(), 0
+        batch = None
+        while self.step < cfg.steps:
+            batch = _to_device(next(stream), acc.device)
+            stats = self.train_step(batch)
+            self.step += 1
+            seen += _batch_len(batch) * acc.num_processes
+            bar.update(1)
+            if self.step % cfg.log_every == 0 or self.step == cfg.steps:
+                stats["images_per_s"] = seen / max(1e-9, time.perf_counter() - t0)
+                self.log.scalars(stats, self.step, bar)
+                t0, seen = time.perf_counter(), 0
+            if cfg.preview_every and self.step % cfg.preview_every == 0:
+                self.preview(batch)
+            if cfg.ckpt_every and self.step % cfg.ckpt_every == 0 and self.step < cfg.steps:
+                self.save()
+        bar.close()
+        if batch is not None:
+            self.preview(batch)
+        self.save()
+        self.log.close()
+        return stats
+
+
+def _batch_len(batch: Any) -> int:
+    first = batch[0] if isinstance(batch, (list, tuple)) else batch
+    return int(first.shape[0]) if isinstance(first, torch.Tensor) else 1
+
+
+class _null:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
