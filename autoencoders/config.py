@@ -196,6 +196,7 @@ class Stage1Config:
 
 # ---------------------------------------------------------------------------------------------
 # Presets. Real sizes follow the LDM paper's first-stage models (ch 128, ch_mult 1-2-4(-4)).
+# The real presets' lr is LDM's base rate 4.5e-6 scaled by an effective batch of 10.
 # Debug sizes run a full training step at 32x32 in well under a second on one CPU core.
 
 
@@ -203,7 +204,7 @@ def kl_f4() -> Stage1Config:
     return Stage1Config(
         model=AutoencoderConfig(kind="kl", channels=(128, 256, 512), f=4, latent_channels=3),
         loss=LossConfig(kl_weight=1e-6, disc_weight=0.5, disc_start=50001),
-        optim=Stage1OptimConfig(ae_lr=4.5e-6 * 8, disc_lr=4.5e-6 * 8),
+        optim=Stage1OptimConfig(ae_lr=4.5e-5, disc_lr=4.5e-5),
     )
 
 
@@ -211,7 +212,7 @@ def kl_f8() -> Stage1Config:
     return Stage1Config(
         model=AutoencoderConfig(kind="kl", channels=(128, 256, 512, 512), f=8, latent_channels=4),
         loss=LossConfig(kl_weight=1e-6, disc_weight=0.5, disc_start=50001),
-        optim=Stage1OptimConfig(ae_lr=4.5e-6 * 8, disc_lr=4.5e-6 * 8),
+        optim=Stage1OptimConfig(ae_lr=4.5e-5, disc_lr=4.5e-5),
     )
 
 
@@ -222,7 +223,7 @@ def vq_f4() -> Stage1Config:
             quantizer=QuantizerConfig(codebook_size=8192, beta=0.25, restart_after=1000),
         ),
         loss=LossConfig(codebook_weight=1.0, disc_weight=0.75, disc_start=1),
-        optim=Stage1OptimConfig(ae_lr=4.5e-6 * 8, disc_lr=4.5e-6 * 8),
+        optim=Stage1OptimConfig(ae_lr=4.5e-5, disc_lr=4.5e-5),
     )
 
 

@@ -17,7 +17,6 @@ from dataclasses import dataclass
 
 import triton
 
-MAX_HEAD_DIM = 256  # larger head dims fall back to SDPA (tile would not fit in registers)
 MIN_BLOCK_D = 16  # tl.dot needs every dimension >= 16
 INTERPRETER_BLOCK = 32
 

@@ -45,9 +45,9 @@ def to_channels(img: Image.Image, channels: int) -> Image.Image:
     target = check_channels(channels)
     if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
         arr = np.asarray(img, dtype=np.float64) / _U16_TO_U8
-        img = Image.fromarray(np.clip(arr, 0, WHITE).astype(np.uint8), mode="L")
+        img = Image.fromarray(np.clip(arr, 0, WHITE).astype(np.uint8))
     elif img.mode == "F":
-        img = Image.fromarray(np.clip(np.asarray(img), 0, WHITE).astype(np.uint8), mode="L")
+        img = Image.fromarray(np.clip(np.asarray(img), 0, WHITE).astype(np.uint8))
     if has_alpha(img):
         rgba = img.convert("RGBA")
         white = Image.new("RGBA", rgba.size, (WHITE, WHITE, WHITE, WHITE))
@@ -64,13 +64,11 @@ def resize_shorter(img: Image.Image, size: int) -> Image.Image:
     w, h = img.size
     if min(w, h) == size:
         return img
-    scale = size / min(w, h)
-    # max(size, ...) keeps the longer side from rounding below `size` for extreme aspect ratios.
-    new = (max(size, round(w * scale)), max(size, round(h * scale)))
+    # max(size, ...) keeps the longer side from rounding below `size`.
     if w <= h:
-        new = (size, new[1])
+        new = (size, max(size, round(h * size / w)))
     else:
-        new = (new[0], size)
+        new = (max(size, round(w * size / h)), size)
     return img.resize(new, _RESAMPLE)
 
 

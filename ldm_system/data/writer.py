@@ -3,15 +3,13 @@
 Used by `pack` (image shards) and by latent encoding (latent shards). A sample is a key plus a
 mapping from extension to bytes, e.g. `{"png": b"...", "cls": b"3", "txt": b"a caption"}`; it is
 stored as the tar members `<key>.png`, `<key>.cls`, `<key>.txt`, in that order, which is the
-WebDataset layout. Tars are written deterministically (fixed mtime, owner and mode), so the same
-input and seed give byte-identical shards and checksums.
+WebDataset layout. Tars are plain POSIX ustar, written deterministically (fixed mtime, owner and
+mode), so the same input and seed give byte-identical shards and checksums.
 """
 from __future__ import annotations
 
 import hashlib
-import io
 import re
-import tarfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -79,7 +77,6 @@ class ShardWriter:
         self._keys_seen: set[str] = set()
         self._file: BinaryIO | None = None
         self._hasher: _HashingFile | None = None
-        self._tar: tarfile.TarFile | None = None
         self._count = 0
         self._closed = False
 
@@ -102,18 +99,15 @@ class ShardWriter:
         if not entries:
             raise ValueError(f"sample {key!r} has no entries")
         self._keys_seen.add(key)
-        if self._tar is None:
+        if self._hasher is None:
             self._open_next()
-        assert self._tar is not None
+        assert self._hasher is not None
         for ext, payload in entries.items():
             if not isinstance(payload, (bytes, bytearray)):
                 raise TypeError(f"sample {key!r} entry {ext!r} must be bytes, got {type(payload)}")
-            info = tarfile.TarInfo(f"{key}.{ext}")
-            info.size = len(payload)
-            info.mtime = _FIXED_MTIME
-            info.mode = 0o444
-            info.uname = info.gname = ""
-            self._tar.addfile(info, io.BytesIO(payload))
+            self._hasher.write(ustar_header(f"{key}.{ext}", len(payload)))
+            self._hasher.write(payload)
+            self._hasher.write(_ZERO_BLOCK[: -len(payload) % TAR_BLOCK])
         self._count += 1
         if self._count >= self.shard_size:
             self._close_current()
@@ -156,18 +150,15 @@ class ShardWriter:
         return manifest
 
     def _open_next(self) -> None:
-        name = SHARD_PATTERN.format(index=len(self.shards))
-        self._file = open(self.out_dir / name, "wb")  # noqa: SIM115 - closed in _close_current
+        self._name = SHARD_PATTERN.format(index=len(self.shards))
+        self._file = open(self.out_dir / self._name, "wb")  # noqa: SIM115 - closed in _close_current
         self._hasher = _HashingFile(self._file)
-        # Stream mode ("w|") writes strictly sequentially through the hashing wrapper.
-        self._tar = tarfile.open(fileobj=self._hasher, mode="w|", format=tarfile.USTAR_FORMAT)
-        self._name = name
 
     def _close_current(self) -> None:
-        if self._tar is None:
+        if self._hasher is None:
             return
-        assert self._hasher is not None and self._file is not None
-        self._tar.close()  # writes the end-of-archive blocks through the hasher
+        assert self._file is not None
+        self._hasher.write(_END_OF_ARCHIVE)
         self._file.close()
         self.shards.append(
             ShardInfo(
@@ -177,7 +168,7 @@ class ShardWriter:
                 num_bytes=self._hasher.num_bytes,
             )
         )
-        self._tar = self._hasher = self._file = None
+        self._hasher = self._file = None
         self._count = 0
 
 
@@ -218,3 +209,47 @@ def verify_shards(folder: Path) -> list[str]:
         elif (digest := file_sha256(path)) != shard.sha256:
             problems.append(f"{shard.name}: sha256 {digest} != manifest {shard.sha256}")
     return problems
+
+
+# --- tar (POSIX ustar) writing ---------------------------------------------------------------------
+# Python's tarfile spends most of a pack building headers (TarInfo copies, generic field encoding).
+# Every member here is a plain file with the same mode/owner/mtime, so the 512-byte header is a
+# fixed template in which only the name, the size and the checksum change.
+TAR_BLOCK = 512
+_ZERO_BLOCK = bytes(TAR_BLOCK)
+_END_OF_ARCHIVE = bytes(2 * TAR_BLOCK)  # two zero blocks end a tar archive
+_NAME_LEN, _SIZE_OFF, _SIZE_LEN, _CHKSUM_OFF, _CHKSUM_LEN = 100, 124, 12, 148, 8
+_MAX_MEMBER_BYTES = 8**11 - 1  # the size field holds 11 octal digits
+
+
+def _header_template() -> bytearray:
+    h = bytearray(TAR_BLOCK)
+    h[100:108] = b"0000444\0"  # mode r--r--r--
+    h[108:116] = b"0000000\0"  # uid
+    h[116:124] = b"0000000\0"  # gid
+    h[136:148] = b"%011o\0" % _FIXED_MTIME
+    h[156:157] = b"0"  # typeflag: regular file
+    h[257:263] = b"ustar\0"
+    h[263:265] = b"00"
+    return h
+
+
+_HEADER = _header_template()
+# The checksum counts the checksum field itself as eight spaces.
+_TEMPLATE_SUM = sum(_HEADER) + ord(" ") * _CHKSUM_LEN
+
+
+def ustar_header(name: str, size: int) -> bytes:
+    """The 512-byte ustar header of a regular file `name` with `size` bytes."""
+    raw_name = name.encode("utf-8")
+    if len(raw_name) > _NAME_LEN:
+        raise ValueError(f"tar member name longer than {_NAME_LEN} bytes: {name!r}")
+    if size > _MAX_MEMBER_BYTES:
+        raise ValueError(f"tar member {name!r} too large ({size} bytes)")
+    raw_size = b"%011o\0" % size
+    h = bytearray(_HEADER)
+    h[: len(raw_name)] = raw_name
+    h[_SIZE_OFF : _SIZE_OFF + _SIZE_LEN] = raw_size
+    chksum = _TEMPLATE_SUM + sum(raw_name) + sum(raw_size)
+    h[_CHKSUM_OFF : _CHKSUM_OFF + _CHKSUM_LEN] = b"%06o\0 " % chksum
+    return bytes(h)

@@ -26,6 +26,7 @@ from typing import Any, Iterable, Literal
 import torch
 from safetensors.torch import load_file, save_file
 
+from ldm_system.config import dump_config
 from ldm_system.models.ema import EMA
 from ldm_system.train import checkpoint as ckpt
 from ldm_system.train.logging import RunLogger
@@ -91,6 +92,7 @@ class Trainer:
         self.step = 0
         self.nan_steps_total = 0
         self.nan_streak = 0
+        self.run_config = run_config
         self.log = RunLogger(self.out, acc.is_main_process, run_config)
 
     # ---- state -----------------------------------------------------------------------------
@@ -120,7 +122,10 @@ class Trainer:
             ckpt.write_json(tmp / f"loader_rank{r}.json", self.stream.state_dict())
         if self.ema is not None:
             save_file(self.ema.state_dict(), str(tmp / f"ema_rank{r}.safetensors"))
+        self._save_consolidated(tmp / "weights")
         if acc.is_main_process:
+            if self.run_config is not None:
+                dump_config(self.run_config, tmp / "config.yaml")
             meta = {**self.state_dict(), "world_size": acc.num_processes, "task": type(self.task).__name__}
             if hasattr(self.task, "checkpoint_metadata"):
                 meta["task_metadata"] = self.task.checkpoint_metadata()
@@ -131,6 +136,22 @@ class Trainer:
             path = ckpt.commit(root, self.step, self.cfg.keep_last)
         acc.wait_for_everyone()
         return path
+
+    def _save_consolidated(self, folder: Path) -> None:
+        """Full weights of every module (raw and EMA) as safetensors, gathered from ZeRO-3 shards
+        if needed; `ldm export` and `--init-from` read these, whatever the world size was."""
+        acc = self.accelerator
+        for name, module in self.p.modules.items():
+            raw = acc.get_state_dict(module)  # a collective under ZeRO-3: every rank calls it
+            ema = None
+            if self.ema is not None and name == self.cfg.ema_module:
+                with self.ema.swap():
+                    ema = acc.get_state_dict(module)
+            if acc.is_main_process:
+                folder.mkdir(parents=True, exist_ok=True)
+                save_file({k: v.contiguous() for k, v in raw.items()}, str(folder / f"{name}.safetensors"))
+                if ema is not None:
+                    save_file({k: v.contiguous() for k, v in ema.items()}, str(folder / f"{name}.ema.safetensors"))
 
     def resume(self, path: Path) -> None:
         acc = self.accelerator
@@ -203,6 +224,15 @@ class Trainer:
         stats.update(self.task.metrics())
         return stats
 
+    def _mean_over_ranks(self, stats: dict[str, float]) -> dict[str, float]:
+        """Logged losses are the mean over ranks (the global-batch loss), not rank 0's share."""
+        keys = sorted(k for k in stats if k.startswith("loss/"))
+        if not keys or self.accelerator.num_processes == 1:
+            return stats
+        t = torch.tensor([stats[k] for k in keys], device=self.accelerator.device)
+        t = self.accelerator.reduce(t, "mean")
+        return {**stats, **{k: float(v) for k, v in zip(keys, t)}}
+
     def preview(self, batch: Any) -> None:
         ctx = self.ema.swap() if self.ema is not None else _null()
         with ctx, torch.no_grad():
@@ -229,6 +259,7 @@ class Trainer:
             seen += _batch_len(batch) * acc.num_processes
             bar.update(1)
             if self.step % cfg.log_every == 0 or self.step == cfg.steps:
+                stats = self._mean_over_ranks(stats)
                 stats["images_per_s"] = seen / max(1e-9, time.perf_counter() - t0)
                 self.log.scalars(stats, self.step, bar)
                 t0, seen = time.perf_counter(), 0

@@ -1,0 +1,136 @@
+"""Stage 2 as an engine task: train a diffusion UNet on (latent) tensors.
+
+Inputs come in three forms, declared by the data manifest (see `ldm_system/data/encode.py`):
+
+- "latent":  pre-encoded, already scaled latents (B, c, h, w)             — VQ, or KL posterior means
+- "moments": pre-encoded KL posterior parameters (B, 2c, h, w) = [mean, logvar]; a fresh posterior
+             sample is drawn every step, then scaled (what LDM trains on)
+- "image":   images in [-1, 1]; encoded online by the frozen autoencoder (fp32, no grad), or used
+             directly for pixel-space diffusion when there is no autoencoder
+
+The latent scale always comes from the autoencoder/manifest metadata, never a literal.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Iterator, Literal, Mapping
+
+import torch
+from torch import nn
+
+from ldm_system.diffusion.config import DiffusionConfig
+from ldm_system.diffusion.guidance import Guidance, drop_condition
+from ldm_system.diffusion.loop import sample
+from ldm_system.diffusion.samplers import SamplerConfig, make_sampler
+from ldm_system.diffusion.targets import diffusion_loss, offset_noise, sample_timesteps
+from ldm_system.models.latent import LatentCodec
+from ldm_system.models.unet import Denoiser, UNetConfig
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+
+
+@dataclass(frozen=True)
+class PreviewConfig:
+    num_images: int = 16
+    steps: int = 20
+    guidance: float = 2.0
+    seed: int = 0
+
+
+class DiffusionTask:
+    def __init__(
+        self,
+        unet: UNetConfig,
+        diffusion: DiffusionConfig,
+        optim: OptimConfig,
+        codec: LatentCodec,
+        input_kind: Literal["latent", "moments", "image"],
+        preview: PreviewConfig = PreviewConfig(),
+        init_unet: nn.Module | None = None,
+    ) -> None:
+        self.unet_cfg, self.diff_cfg, self.optim_cfg, self.preview_cfg = unet, diffusion, optim, preview
+        self.codec, self.input_kind = codec, input_kind
+        self.schedule = diffusion.schedule()
+        self.init_unet = init_unet
+        self._metrics: dict[str, float] = {}
+        self.device = torch.device("cpu")
+
+    # ---- engine protocol -------------------------------------------------------------------
+    def to_device(self, device: torch.device) -> None:
+        self.device = device
+        self.codec.to(device)
+
+    def build(self) -> dict[str, nn.Module]:
+        return {"unet": Denoiser(self.unet_cfg, self.init_unet)}
+
+    def optimizers(self, modules: Mapping[str, nn.Module]) -> dict[str, torch.optim.Optimizer]:
+        o = self.optim_cfg
+        params = [p for p in modules["unet"].parameters() if p.requires_grad]
+        return {"unet": torch.optim.AdamW(params, lr=o.lr, betas=o.betas, eps=o.eps, weight_decay=o.weight_decay)}
+
+    def latents(self, batch: Any) -> torch.Tensor:
+        """Scaled latents x₀ (B, c, h, w) for this batch."""
+        x = batch[0].float()
+        if self.input_kind == "latent":
+            return x
+        if self.input_kind == "moments":
+            mean, logvar = x.chunk(2, dim=1)
+            z = mean + torch.exp(0.5 * logvar.clamp(-30.0, 20.0)) * torch.randn_like(mean)  # posterior sample
+            return z * self.codec.scale
+        return self.codec.encode(x)
+
+    def condition(self, batch: Any) -> torch.Tensor | None:
+        kind = self.unet_cfg.conditioning
+        if kind == "none":
+            return None
+        if kind == "class":
+            labels = batch[1].long()
+            if (labels >= self.unet_cfg.num_classes).any():
+                raise ValueError(f"label {int(labels.max())} out of range for num_classes={self.unet_cfg.num_classes}")
+            labels = torch.where(labels < 0, torch.full_like(labels, self.unet_cfg.num_classes), labels)  # unlabelled → null
+            return drop_condition(labels, self.unet_cfg.num_classes, self.diff_cfg.cond_drop_prob)
+        raise NotImplementedError("text conditioning needs a text encoder: see ldm_system/models/text.py")
+
+    def losses(self, modules: Mapping[str, nn.Module], batch: Any, step: int) -> Iterator[tuple[str, torch.Tensor]]:
+        x0 = self.latents(batch)
+        cond = self.condition(batch)
+        noise = offset_noise(x0, self.diff_cfg.offset_noise)
+        t = sample_timesteps(x0.shape[0], self.schedule, device=x0.device)
+        x_t = self.schedule.add_noise(x0, noise, t)
+        out = modules["unet"](x_t, t, cond)
+        d = self.diff_cfg
+        loss = diffusion_loss(out, x0, noise, t, self.schedule, d.prediction_type, d.loss_weighting, d.min_snr_gamma).mean()
+        self._metrics = {"latent_std": float(x0.std())}
+        yield "unet", loss
+
+    def metrics(self) -> dict[str, float]:
+        return dict(self._metrics)
+
+    @torch.no_grad()
+    def preview(self, modules: Mapping[str, nn.Module], batch: Any) -> torch.Tensor:
+        """A short DDIM loop from fixed noise; classes cycle through 0..K-1 for class models."""
+        p, net = self.preview_cfg, modules["unet"]
+        x0 = self.latents(batch)
+        shape = (p.num_images, *x0.shape[1:])
+        gen = torch.Generator(device="cpu").manual_seed(p.seed)  # own RNG: previews never shift training RNG
+        sampler = make_sampler(SamplerConfig(name="ddim", num_steps=p.steps), self.schedule, self.diff_cfg.prediction_type)
+        cond, guidance = None, None
+        if self.unet_cfg.conditioning == "class":
+            k = self.unet_cfg.num_classes
+            cond = torch.arange(p.num_images, device=x0.device) % k
+            guidance = Guidance(scale=p.guidance, null_cond=torch.full((1,), k, device=x0.device, dtype=torch.long))
+        was_training = net.training
+        net.eval()
+        z = sample(lambda x, t, c: net(x, t, c), sampler, shape, num_steps=p.steps, cond=cond,
+                   guidance=guidance, generator=gen, device=x0.device)
+        net.train(was_training)
+        return self.codec.decode(z).clamp(-1, 1)
+
+    def checkpoint_metadata(self) -> dict[str, Any]:
+        return {"latent_scale": self.codec.scale, "input_kind": self.input_kind}
