@@ -26,9 +26,16 @@ def build_autoencoder(cfg: AutoencoderConfig) -> Autoencoder:
     return MODELS[cfg.kind](cfg)
 
 
-def _images_of(item) -> torch.Tensor:
-    """Accept bare image tensors or the loader's (images, labels, captions) tuples."""
-    return item[0] if isinstance(item, (tuple, list)) else item
+def images_of(batch):
+    """The images of a batch: a bare tensor, the data stream's `Batch` (`.images`), or an
+    (images, labels, captions) tuple/list. Anything else comes back unchanged for the caller to reject."""
+    if isinstance(batch, torch.Tensor):
+        return batch
+    if hasattr(batch, "images"):
+        return batch.images
+    if isinstance(batch, (tuple, list)) and batch:
+        return batch[0]
+    return batch
 
 
 @torch.no_grad()
@@ -53,7 +60,7 @@ def measure_latent_scale(
         for i, item in enumerate(images_iter):
             if i >= max_batches:
                 break
-            z = ae.encode_latents(_images_of(item).to(device), sample=sample).double()
+            z = ae.encode_latents(images_of(item).to(device), sample=sample).double()
             total += z.sum().item()
             total_sq += z.pow(2).sum().item()
             count += z.numel()

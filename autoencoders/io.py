@@ -114,6 +114,9 @@ def load_state_into(ae: Autoencoder, path: str | Path) -> None:
     )
     if missing or unexpected or shapes:
         lines = [f"checkpoint {path} does not fit this {type(ae).__name__}:"]
+        tops_ckpt, tops_model = sorted({k.split(".")[0] for k in state}), sorted({k.split(".")[0] for k in own})
+        if tops_ckpt != tops_model:  # e.g. a KL checkpoint offered to a VQ model
+            lines.append(f"  top-level modules differ: checkpoint {tops_ckpt} vs model {tops_model}")
         for title, items in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", shapes)):
             if items:
                 lines.append(f"  {title} ({len(items)}): " + ", ".join(items[:20]) + (" ..." if len(items) > 20 else ""))

@@ -59,6 +59,10 @@ class KLAutoencoder(nn.Module):
         """Decoder output conv weight: where the adaptive GAN weight compares gradient norms."""
         return self.vae.decoder.conv_out.weight
 
+    def enable_gradient_checkpointing(self) -> None:
+        """Activation checkpointing of the encoder/decoder blocks (the engine's `prepare` calls this)."""
+        self.vae.enable_gradient_checkpointing()
+
     def encode(self, x: torch.Tensor) -> DiagonalGaussianDistribution:
         """Posterior q(z|x) with `.mean`, `.logvar` (clamped to [-30, 20]), `.sample()`, `.mode()`."""
         _check_images(x, self.cfg.in_channels, self.cfg.f)

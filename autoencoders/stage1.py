@@ -28,7 +28,7 @@ from torch import nn
 
 from autoencoders.config import Stage1Config
 from autoencoders.discriminator import PatchDiscriminator
-from autoencoders.factory import build_autoencoder
+from autoencoders.factory import build_autoencoder, images_of
 from autoencoders.losses import (
     adaptive_weight,
     discriminator_loss,
@@ -56,8 +56,8 @@ def frozen(module: nn.Module):
 
 
 def batch_images(batch: Any, in_channels: int) -> torch.Tensor:
-    """(images, labels, captions) tuple or bare tensor -> images (B, C, H, W), checked."""
-    images = batch[0] if isinstance(batch, (tuple, list)) else batch
+    """Batch / (images, labels, captions) tuple / bare tensor -> images (B, C, H, W), checked."""
+    images = images_of(batch)
     if not isinstance(images, torch.Tensor) or images.ndim != 4:
         got = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
         raise ValueError(f"stage-1 batches must start with images (B, C, H, W) in [-1, 1], got {got}")
@@ -104,7 +104,8 @@ class Stage1Task:
 
     # ---- losses ------------------------------------------------------------------------
     def _perceptual_net(self, device: torch.device) -> nn.Module | None:
-        if self.perceptual is None and self.cfg.loss.perceptual != "none":
+        lc = self.cfg.loss
+        if self.perceptual is None and lc.perceptual != "none" and lc.perceptual_weight > 0:
             self.perceptual = build_perceptual(self.cfg.loss.perceptual)
         if self.perceptual is not None and next(self.perceptual.parameters()).device != device:
             self.perceptual.to(device)

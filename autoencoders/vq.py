@@ -11,6 +11,7 @@ with grad enabled; `decode`, `encode_latents` and no-grad previews never change 
 from __future__ import annotations
 
 import torch
+import torch.utils.checkpoint
 from diffusers.models.autoencoders.vae import Decoder, Encoder
 from torch import nn
 
@@ -63,6 +64,17 @@ class VQAutoencoder(nn.Module):
     @property
     def last_layer_weight(self) -> torch.Tensor:
         return self.decoder.conv_out.weight
+
+    def enable_gradient_checkpointing(self) -> None:
+        """Activation checkpointing of the encoder/decoder blocks, through the hooks diffusers'
+        Encoder/Decoder expose (`gradient_checkpointing`, `_gradient_checkpointing_func`)."""
+
+        def checkpointed(module: nn.Module, *args):
+            return torch.utils.checkpoint.checkpoint(module.__call__, *args, use_reentrant=False)
+
+        for part in (self.encoder, self.decoder):
+            part._gradient_checkpointing_func = checkpointed
+            part.gradient_checkpointing = True
 
     def encode_latents(self, x: torch.Tensor, sample: bool = False) -> torch.Tensor:
         """Pre-quantization latents (B, c, H/f, W/f). `sample` is accepted for interface parity."""

@@ -14,22 +14,13 @@ autoencoders.
 """
 from __future__ import annotations
 
+from .diffusers_processor import TritonAttnProcessor, use_triton_attention
 from .dispatch import BACKENDS, ENV_VAR, attention, get_backend, reset_fallback_warnings, select_backend, set_backend
 from .reference import reference_attention, reference_attention_with_lse
 
-
-def use_triton_attention(model, backend: str | None = None) -> int:
-    """Install :class:`kernels.diffusers_processor.TritonAttnProcessor` on a diffusers model.
-
-    Returns the number of attention layers routed through :func:`attention`.
-    """
-    from .diffusers_processor import use_triton_attention as _install
-
-    return _install(model, backend)
-
-
 __all__ = [
     "BACKENDS",
+    "TritonAttnProcessor",
     "ENV_VAR",
     "attention",
     "get_backend",

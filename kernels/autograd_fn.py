@@ -18,7 +18,8 @@ class FlashAttentionFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q, k, v, causal: bool, scale: float, block_m: int | None, block_n: int | None):
-        out, lse = flash_forward(q, k, v, causal, scale, block_m, block_n)
+        with torch.cuda.device_of(q):  # Triton launches on the current device; a no-op for CPU tensors
+            out, lse = flash_forward(q, k, v, causal, scale, block_m, block_n)
         ctx.save_for_backward(q, k, v, out, lse)
         ctx.causal = causal
         ctx.scale = scale
@@ -31,7 +32,8 @@ class FlashAttentionFunction(torch.autograd.Function):
     def backward(ctx, grad_out, _grad_lse):
         q, k, v, out, lse = ctx.saved_tensors
         # lse is non-differentiable, so _grad_lse is unused (zero/None).
-        dq, dk, dv = flash_backward(grad_out, q, k, v, out, lse, ctx.causal, ctx.scale, *ctx.blocks)
+        with torch.cuda.device_of(q):
+            dq, dk, dv = flash_backward(grad_out, q, k, v, out, lse, ctx.causal, ctx.scale, *ctx.blocks)
         return dq, dk, dv, None, None, None, None
 
 

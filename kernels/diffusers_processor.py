@@ -16,7 +16,7 @@ import warnings
 
 import torch
 
-from .dispatch import BACKENDS, attention
+from .dispatch import attention, normalize_backend
 
 # Processors whose math this one reproduces; anything else (added-KV, IP-adapter, LoRA, ...) is kept.
 _REPLACEABLE = ("AttnProcessor", "AttnProcessor2_0", "TritonAttnProcessor")
@@ -30,9 +30,7 @@ class TritonAttnProcessor:
     """
 
     def __init__(self, backend: str | None = None):
-        if backend is not None and backend not in BACKENDS:
-            raise ValueError(f"unknown attention backend {backend!r}; expected one of {BACKENDS} or None")
-        self.backend = backend
+        self.backend = None if backend is None else normalize_backend(backend, "TritonAttnProcessor(backend=)")
 
     def __call__(
         self,

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 import warnings
 
 import torch
@@ -34,7 +35,8 @@ _forced_backend: str | None = None
 _warned: set[str] = set()
 
 
-def _check_backend_name(name: str, source: str) -> str:
+def normalize_backend(name: str, source: str) -> str:
+    """Lower-cased backend name; ValueError naming ``source`` if it is not one of BACKENDS."""
     value = name.strip().lower()
     if value not in BACKENDS:
         raise ValueError(f"unknown attention backend {name!r} from {source}; expected one of {BACKENDS}")
@@ -48,7 +50,7 @@ def set_backend(name: str | None) -> str | None:
     """
     global _forced_backend
     previous = _forced_backend
-    _forced_backend = None if name is None else _check_backend_name(name, "set_backend()")
+    _forced_backend = None if name is None else normalize_backend(name, "set_backend()")
     return previous
 
 
@@ -58,11 +60,15 @@ def get_backend() -> str:
         return _forced_backend
     env = os.environ.get(ENV_VAR)
     if env:
-        return _check_backend_name(env, f"${ENV_VAR}")
+        return normalize_backend(env, f"${ENV_VAR}")
     return "auto"
 
 
 def _interpreter_enabled() -> bool:
+    """Interpreter mode as the kernels were built, or as they will be built on first import."""
+    kernel_module = sys.modules.get(f"{__package__}.flash_fwd")
+    if kernel_module is not None:  # triton.jit chose interpreted or compiled kernels at import time
+        return bool(kernel_module.INTERPRET)
     return os.environ.get("TRITON_INTERPRET", "0").strip().lower() in ("1", "true", "on", "yes")
 
 
@@ -108,7 +114,7 @@ def select_backend(
     backend: str | None = None,
 ) -> tuple[str, str | None]:
     """Return (backend actually used, reason for a warned fallback or None)."""
-    mode = get_backend() if backend is None else _check_backend_name(backend, "backend=")
+    mode = get_backend() if backend is None else normalize_backend(backend, "backend=")
     if mode == "sdpa":
         return "sdpa", None
     device_reason = _device_reason(q)
@@ -144,6 +150,8 @@ def _validate(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, s
             raise TypeError(f"attention: {name} must be a torch.Tensor, got {type(t).__name__}")
         if t.dim() != 4:
             raise ValueError(f"attention: {name} must have layout (B, H, N, D), got shape {tuple(t.shape)}")
+    if not (q.device == k.device == v.device):
+        raise ValueError(f"attention: q, k, v must be on one device, got {q.device}, {k.device}, {v.device}")
     if not (q.dtype == k.dtype == v.dtype):
         raise ValueError(f"attention: q, k, v must share a dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
     if q.shape[-1] != k.shape[-1]:

@@ -28,7 +28,7 @@ from .tiling import dkdv_tiles, dq_tiles, interpreter_mode, padded_head_dim, wit
 LOG2E_HOST = 1.4426950408889634  # log2(e): scores are exponentiated with exp2
 LOG2E = tl.constexpr(LOG2E_HOST)
 
-_INTERPRET = interpreter_mode()
+INTERPRET = interpreter_mode()
 
 
 @triton.jit
@@ -43,8 +43,8 @@ def _bwd_preprocess_kernel(
     pid_bh = tl.program_id(1)
     b = (pid_bh // H).to(tl.int64)
     h = (pid_bh % H).to(tl.int64)
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_d = tl.arange(0, BLOCK_D)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M).to(tl.int64)
+    offs_d = tl.arange(0, BLOCK_D).to(tl.int64)
     mask = (offs_m < N_Q)[:, None] & (offs_d < HEAD_D)[None, :]
     o = tl.load(O + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_on + offs_d[None, :] * stride_od,
                 mask=mask, other=0.0).to(tl.float32)
@@ -72,9 +72,9 @@ def _bwd_dkdv_kernel(
     b = (pid_bh // H).to(tl.int64)
     h = (pid_bh % H).to(tl.int64)
 
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)  # (BLOCK_N,) keys owned by this program
-    offs_m0 = tl.arange(0, BLOCK_M)
-    offs_d = tl.arange(0, BLOCK_D)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N).to(tl.int64)  # (BLOCK_N,) keys owned by this program
+    offs_m0 = tl.arange(0, BLOCK_M).to(tl.int64)
+    offs_d = tl.arange(0, BLOCK_D).to(tl.int64)
     n_valid = offs_n < N_K
     d_valid = offs_d < HEAD_D
     nd_mask = n_valid[:, None] & d_valid[None, :]
@@ -155,9 +155,9 @@ def _bwd_dq_kernel(
     b = (pid_bh // H).to(tl.int64)
     h = (pid_bh % H).to(tl.int64)
 
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)  # (BLOCK_M,) queries owned by this program
-    offs_n0 = tl.arange(0, BLOCK_N)
-    offs_d = tl.arange(0, BLOCK_D)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M).to(tl.int64)  # (BLOCK_M,) queries owned by this program
+    offs_n0 = tl.arange(0, BLOCK_N).to(tl.int64)
+    offs_d = tl.arange(0, BLOCK_D).to(tl.int64)
     m_valid = offs_m < N_Q
     d_valid = offs_d < HEAD_D
     md_mask = m_valid[:, None] & d_valid[None, :]
@@ -231,7 +231,7 @@ def flash_backward(
     lse = lse.contiguous()
 
     delta = torch.empty_like(lse)  # (B, H, Nq) fp32
-    pre = with_override(dq_tiles(block_d, _INTERPRET), block_m, None)
+    pre = with_override(dq_tiles(block_d, INTERPRET), block_m, None)
     _bwd_preprocess_kernel[(triton.cdiv(n_q, pre.block_m), batch * heads)](
         out, do, delta, *out.stride(), *do.stride(), heads, n_q,
         HEAD_D=head_dim, BLOCK_D=block_d, BLOCK_M=pre.block_m,
@@ -240,9 +240,9 @@ def flash_backward(
     dq = torch.empty_like(q)
     dk = torch.empty_like(k)
     dv = torch.empty_like(v)
-    common = dict(HEAD_D=head_dim, BLOCK_D=block_d, CAUSAL=causal, DOT_FP32=_INTERPRET)
+    common = dict(HEAD_D=head_dim, BLOCK_D=block_d, CAUSAL=causal, DOT_FP32=INTERPRET)
 
-    kv_tiles = with_override(dkdv_tiles(block_d, _INTERPRET), block_m, block_n)
+    kv_tiles = with_override(dkdv_tiles(block_d, INTERPRET), block_m, block_n)
     _bwd_dkdv_kernel[(triton.cdiv(n_k, kv_tiles.block_n), batch * heads)](
         q, k, v, do, lse, delta, dk, dv,
         *q.stride(), *k.stride(), *v.stride(), *do.stride(), *dk.stride(), *dv.stride(),
@@ -251,7 +251,7 @@ def flash_backward(
         num_warps=kv_tiles.num_warps, num_stages=kv_tiles.num_stages, **common,
     )
 
-    q_tiles = with_override(dq_tiles(block_d, _INTERPRET), block_m, block_n)
+    q_tiles = with_override(dq_tiles(block_d, INTERPRET), block_m, block_n)
     _bwd_dq_kernel[(triton.cdiv(n_q, q_tiles.block_m), batch * heads)](
         q, k, v, do, lse, delta, dq,
         *q.stride(), *k.stride(), *v.stride(), *do.stride(), *dq.stride(),

@@ -27,7 +27,7 @@ from .tiling import forward_tiles, interpreter_mode, padded_head_dim, with_overr
 LOG2E = 1.4426950408889634
 LN2 = tl.constexpr(0.6931471805599453)
 
-_INTERPRET = interpreter_mode()  # decided when triton.jit decorated the kernels below
+INTERPRET = interpreter_mode()  # decided when triton.jit decorated the kernels below
 
 
 @triton.jit
@@ -44,13 +44,14 @@ def _attn_fwd_kernel(
 ):
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
-    # int64 base offsets: B*H*N*D may exceed 2^31 elements for large batches.
+    # All index arithmetic is int64: B*H*N*D may exceed 2^31 elements, and the interpreter then
+    # skips the int32 overflow check it otherwise runs on every index add and multiply.
     b = (pid_bh // H).to(tl.int64)
     h = (pid_bh % H).to(tl.int64)
 
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)  # (BLOCK_M,) query rows
-    offs_n0 = tl.arange(0, BLOCK_N)
-    offs_d = tl.arange(0, BLOCK_D)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M).to(tl.int64)  # (BLOCK_M,) query rows
+    offs_n0 = tl.arange(0, BLOCK_N).to(tl.int64)
+    offs_d = tl.arange(0, BLOCK_D).to(tl.int64)
     m_valid = offs_m < N_Q
     d_valid = offs_d < HEAD_D
 
@@ -130,7 +131,7 @@ def flash_forward(
     batch, heads, n_q, head_dim = q.shape
     n_k = k.shape[2]
     block_d = padded_head_dim(head_dim)
-    tiles = with_override(forward_tiles(block_d, _INTERPRET), block_m, block_n)
+    tiles = with_override(forward_tiles(block_d, INTERPRET), block_m, block_n)
 
     out = torch.empty_like(q)  # keeps q's stride order, e.g. (B, N, H, D) memory from diffusers
     lse = torch.empty((batch, heads, n_q), device=q.device, dtype=torch.float32)
@@ -141,7 +142,7 @@ def flash_forward(
         heads, n_q, n_k, scale * LOG2E,
         HEAD_D=head_dim, BLOCK_D=block_d,
         BLOCK_M=tiles.block_m, BLOCK_N=tiles.block_n,
-        CAUSAL=causal, DOT_FP32=_INTERPRET,
+        CAUSAL=causal, DOT_FP32=INTERPRET,
         num_warps=tiles.num_warps, num_stages=tiles.num_stages,
     )
     return out, lse

@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 from dataclasses import asdict, dataclass, fields
 
-logger = logging.getLogger("ldm_system.data.stream")
+logger = logging.getLogger(__name__)
 
 
 @dataclass

@@ -4,7 +4,7 @@ A small reader of its own instead of `tarfile`: in stream mode `tarfile` treats 
 member boundary as a clean end, so a truncated shard would go unnoticed and its last, incomplete
 sample would be delivered. Here every short read, bad header checksum or missing end-of-archive
 marker counts as a damaged shard: the samples read before the damage are kept, the sample being
-assembled when it happened is dropped, a warning is logged and `stats.damaged_shards` grows.
+assembled when it happened is dropped, the problem is reported (the loader logs a warning and counts it in `stats.damaged_shards`).
 
 Supported: POSIX ustar and GNU tar as written by `tar`, Python's `tarfile` and webdataset, including
 long names (pax `path` records and GNU `L` entries); gzip-compressed shards (`.tar.gz`, `.tgz`).
@@ -16,15 +16,15 @@ from __future__ import annotations
 import gzip
 import logging
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import BinaryIO
-
-from ldm_system.data.stats import StreamStats
 
 logger = logging.getLogger(__name__)
 
 BLOCK = 512
+_ZERO_BLOCK = bytes(BLOCK)
+MAX_MEMBER_BYTES = 1 << 32  # one image or latent file; anything larger is a corrupt header
 _NAME = slice(0, 100)
 _SIZE = slice(124, 136)
 _CHKSUM = slice(148, 156)
@@ -34,11 +34,16 @@ _PREFIX = slice(345, 500)
 _REGULAR = (b"0", b"\0", b"7")  # 7 = contiguous file, read like a regular one
 _PAX = (b"x",)
 _GNU_LONGNAME = b"L"
-_REMOTE_PREFIXES = ("pipe:", "http://", "https://", "s3://", "gs://")
+REMOTE_PREFIXES = ("pipe:", "http://", "https://", "s3://", "gs://")
 
 
 class TarDamage(Exception):
-    """The archive ends early or holds an invalid header."""
+    """The archive ends early or holds an invalid header. `member` names the file whose data was
+    cut, when its header could still be read."""
+
+    def __init__(self, message: str, member: str | None = None) -> None:
+        super().__init__(message)
+        self.member = member
 
 
 @dataclass
@@ -52,7 +57,7 @@ class RawSample:
 
 def open_shard(url: str) -> BinaryIO:
     """Open a local path, or any URL webdataset's `gopen` understands (pipe:, http://, ...)."""
-    if url.startswith(_REMOTE_PREFIXES):
+    if url.startswith(REMOTE_PREFIXES):
         from webdataset.gopen import gopen  # only remote shards need it
 
         stream = gopen(url, "rb")
@@ -71,18 +76,17 @@ def _read_exact(f: BinaryIO, n: int) -> bytes:
 
 
 def _octal(field_bytes: bytes) -> int:
-    text = field_bytes.split(b"\0", 1)[0].strip()
     if field_bytes[:1] == b"\x80":  # GNU base-256 for sizes >= 8 GiB
         return int.from_bytes(field_bytes[1:], "big")
     try:
-        return int(text or b"0", 8)
+        return int(field_bytes.split(b"\0", 1)[0].strip() or b"0", 8)
     except ValueError:
         raise TarDamage(f"bad number field {field_bytes!r}") from None
 
 
 def _checksum_ok(header: bytes) -> bool:
     stored = _octal(header[_CHKSUM])
-    unsigned = sum(header[:148]) + 8 * ord(" ") + sum(header[156:])
+    unsigned = sum(header) - sum(header[_CHKSUM]) + 8 * ord(" ")  # the field counts as spaces
     if stored == unsigned:
         return True
     # Some old writers summed signed bytes.
@@ -108,11 +112,13 @@ def iter_members(f: BinaryIO) -> Iterator[tuple[str, bytes]]:
             raise TarDamage("archive ends without its end-of-archive marker")
         if len(header) != BLOCK:
             raise TarDamage(f"truncated header ({len(header)} bytes)")
-        if header == bytes(BLOCK):
+        if header == _ZERO_BLOCK:
             return  # end-of-archive (a second zero block may follow; nothing after it matters)
         if not _checksum_ok(header):
             raise TarDamage("header checksum mismatch")
         size = _octal(header[_SIZE])
+        if size > MAX_MEMBER_BYTES:  # a corrupt size would make us read (and allocate) the rest
+            raise TarDamage(f"member of {size} bytes exceeds the {MAX_MEMBER_BYTES}-byte limit")
         padded = size + (-size % BLOCK)
         kind = header[_TYPEFLAG : _TYPEFLAG + 1]
         if kind in _PAX or kind == _GNU_LONGNAME:
@@ -126,7 +132,10 @@ def iter_members(f: BinaryIO) -> Iterator[tuple[str, bytes]]:
             continue
         name = long_name or _ustar_name(header)
         long_name = None
-        data = _read_exact(f, padded)[:size]
+        try:
+            data = _read_exact(f, padded)[:size]
+        except TarDamage as exc:
+            raise TarDamage(str(exc), member=name) from None
         yield name, data
 
 
@@ -148,12 +157,16 @@ def split_name(name: str) -> tuple[str, str] | None:
     return name[:dot], name[dot + 1 :].lower()
 
 
-def read_samples(url: str, stats: StreamStats) -> Iterator[RawSample]:
-    """Samples of one shard. Damage ends the shard with a warning instead of raising."""
+# report(counter, message): how a problem is counted and logged, e.g. StreamStats.record.
+Report = Callable[[str, str], None]
+
+
+def read_samples(url: str, report: Report) -> Iterator[RawSample]:
+    """Samples of one shard. Damage ends the shard and is reported instead of raised."""
     try:
         f = open_shard(url)
     except OSError as exc:
-        stats.record("unreadable_shards", f"cannot open shard {url}: {exc}")
+        report("unreadable_shards", f"cannot open shard {url}: {exc}")
         return
     current: RawSample | None = None
     with f:
@@ -170,8 +183,12 @@ def read_samples(url: str, stats: StreamStats) -> Iterator[RawSample]:
                     current = RawSample(key, {}, url)
                 current.entries[ext] = data
         except (TarDamage, OSError, EOFError, zlib.error) as exc:
-            # The sample being assembled may be missing entries: drop it, keep what came before.
-            stats.record("damaged_shards", f"damaged shard {url}: {exc}; rest of the shard skipped")
+            report("damaged_shards", f"damaged shard {url}: {exc}; rest of the shard skipped")
+            # The sample being assembled is kept only when the cut is known to be in another
+            # sample's member; otherwise it may be missing entries and is dropped.
+            cut = split_name(exc.member) if isinstance(exc, TarDamage) and exc.member else None
+            if current is not None and cut is not None and cut[0] != current.key:
+                yield current
             return
     if current is not None:
         yield current

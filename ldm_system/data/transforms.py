@@ -10,15 +10,23 @@ Colour-mode policy (one rule for every source):
 
 Geometry: `resize_shorter` scales the shorter side to `size` (aspect ratio kept, Lanczos, which
 antialiases when shrinking); `crop_square` then cuts a `size` x `size` square (center or random).
-Tensors come out as float32 (C, H, W) in [-1, 1].
+Tensors come out as float32 (C, H, W) in [-1, 1] (the loader converts whole uint8 batches at once).
 """
 from __future__ import annotations
 
 import io
+from typing import Protocol
 
 import numpy as np
 import torch
 from PIL import Image
+
+
+class RandomLike(Protocol):
+    """What a random crop needs: `random.Random` or `rng.KeyedRandom`."""
+
+    def randint(self, a: int, b: int) -> int: ...
+
 
 CHANNEL_MODES = {1: "L", 3: "RGB"}
 CROP_MODES = ("center", "random")
@@ -73,7 +81,7 @@ def resize_shorter(img: Image.Image, size: int) -> Image.Image:
 
 
 def crop_box(
-    width: int, height: int, size: int, mode: str, rng: np.random.Generator | None = None
+    width: int, height: int, size: int, mode: str, rng: RandomLike | None = None
 ) -> tuple[int, int, int, int]:
     """(left, top, right, bottom) of a `size` square inside a width x height image."""
     if size > width or size > height:
@@ -83,15 +91,15 @@ def crop_box(
     elif mode == "random":
         if rng is None:
             raise ValueError("random crop needs an rng")
-        left = int(rng.integers(0, width - size + 1))
-        top = int(rng.integers(0, height - size + 1))
+        left = rng.randint(0, width - size)
+        top = rng.randint(0, height - size)
     else:
         raise ValueError(f"crop must be one of {CROP_MODES}, got {mode!r}")
     return left, top, left + size, top + size
 
 
 def resize_and_crop(
-    img: Image.Image, size: int, mode: str = "center", rng: np.random.Generator | None = None
+    img: Image.Image, size: int, mode: str = "center", rng: RandomLike | None = None
 ) -> Image.Image:
     """Shorter side to `size`, then a `size` x `size` crop: the standard square-image recipe."""
     img = resize_shorter(img, size)
@@ -103,13 +111,22 @@ def hflip(img: Image.Image) -> Image.Image:
     return img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
 
 
-def to_tensor_pm1(img: Image.Image) -> torch.Tensor:
-    """8-bit L/RGB image -> float32 tensor (C, H, W) in [-1, 1]: x / 127.5 - 1."""
-    arr = np.asarray(img, dtype=np.uint8)
+def to_uint8_tensor(img: Image.Image) -> torch.Tensor:
+    """8-bit L/RGB image -> uint8 tensor (C, H, W)."""
+    arr = np.array(img, dtype=np.uint8)  # a writable copy, (H, W) or (H, W, C)
     if arr.ndim == 2:
         arr = arr[:, :, None]  # (H, W) -> (H, W, 1)
-    t = torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))  # (C, H, W) uint8
-    return t.to(torch.float32).div_(127.5).sub_(1.0)
+    return torch.from_numpy(arr).permute(2, 0, 1).contiguous()
+
+
+def uint8_to_pm1(x: torch.Tensor) -> torch.Tensor:
+    """uint8 pixels -> float32 in [-1, 1]: x / 127.5 - 1. Applied per batch, not per image."""
+    return x.to(torch.float32).div_(127.5).sub_(1.0)
+
+
+def to_tensor_pm1(img: Image.Image) -> torch.Tensor:
+    """8-bit L/RGB image -> float32 tensor (C, H, W) in [-1, 1]."""
+    return uint8_to_pm1(to_uint8_tensor(img))
 
 
 def encode_png(img: Image.Image) -> bytes:

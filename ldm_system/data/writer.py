@@ -112,6 +112,11 @@ class ShardWriter:
         if self._count >= self.shard_size:
             self._close_current()
 
+    def end_shard(self) -> None:
+        """Finish the current shard now; the next sample starts a new one (shards may be smaller
+        than shard_size this way, e.g. one shard per source file)."""
+        self._close_current()
+
     def close(self) -> list[ShardInfo]:
         if not self._closed:
             self._close_current()

@@ -66,8 +66,13 @@ class X0Processing:
         return x0
 
 
+def upcast(x: Tensor) -> Tensor:
+    """fp16/bf16 → fp32 for solver arithmetic; fp32/fp64 unchanged."""
+    return x if x.dtype in (torch.float32, torch.float64) else x.float()
+
+
 def dynamic_threshold(x0: Tensor, ratio: float, max_value: float) -> Tensor:
-    flat = x0.float().flatten(1)  # (B, N); quantile needs float32/64
+    flat = upcast(x0).flatten(1)  # (B, N); quantile needs float32/64
     s = torch.quantile(flat.abs(), ratio, dim=1).clamp(min=1.0, max=max_value).unsqueeze(1)  # (B, 1)
     return (torch.maximum(torch.minimum(flat, s), -s) / s).reshape(x0.shape).to(x0.dtype)
 
@@ -124,4 +129,4 @@ def step_noise(like: Tensor, generator: torch.Generator | None) -> Tensor:
     return torch.randn(like.shape, generator=generator, device=device, dtype=like.dtype).to(like.device)
 
 
-__all__ = ["Sampler", "SamplerBase", "StepOutput", "X0Processing", "dynamic_threshold", "step_noise"]
+__all__ = ["Sampler", "SamplerBase", "StepOutput", "X0Processing", "dynamic_threshold", "step_noise", "upcast"]

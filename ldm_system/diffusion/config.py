@@ -57,7 +57,8 @@ class DiffusionConfig:
         )
 
     def diffusers_scheduler_config(self) -> dict:
-        """Keyword arguments for a diffusers scheduler with the same forward process."""
+        """A diffusers scheduler config with the same forward process, for `Scheduler.from_config(...)`
+        (which skips keys a scheduler does not take, e.g. clip_sample for DPMSolverMultistepScheduler)."""
         return dict(
             num_train_timesteps=self.num_train_timesteps,
             beta_schedule=DIFFUSERS_BETA_SCHEDULE[self.beta_schedule],

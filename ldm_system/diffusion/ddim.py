@@ -68,7 +68,7 @@ class DDIMSampler(SamplerBase):
         prev = math.sqrt(ab_prev) * x0 + math.sqrt(max(1 - ab_prev - std**2, 0.0)) * eps
         if self.eta > 0:
             prev = prev + std * step_noise(model_output, generator)
-        return StepOutput(prev_sample=prev, pred_x0=x0)
+        return StepOutput(prev_sample=prev.to(sample.dtype), pred_x0=x0)  # the latent keeps its dtype
 
     def affine_coefficients(self, t: int | Tensor) -> tuple[float, float]:
         """(A, B) with step(m, t, x).prev_sample = A·x + B·m, valid for η = 0 without x̂₀ processing.

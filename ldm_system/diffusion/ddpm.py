@@ -70,7 +70,7 @@ class DDPMSampler(SamplerBase):
         ) * sample
         if t > 0:  # no noise into x₀ itself (DDPM Algorithm 2, line 3)
             mean = mean + math.sqrt(self.variance(t)) * step_noise(model_output, generator)
-        return StepOutput(prev_sample=mean, pred_x0=x0)
+        return StepOutput(prev_sample=mean.to(sample.dtype), pred_x0=x0)  # the latent keeps its dtype
 
 
 __all__ = ["DDPMSampler", "VARIANCE_TYPES"]

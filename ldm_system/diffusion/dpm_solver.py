@@ -14,7 +14,7 @@ import math
 import torch
 from torch import Tensor
 
-from .base import SamplerBase, StepOutput, X0Processing
+from .base import SamplerBase, StepOutput, X0Processing, upcast
 from .schedules import NoiseSchedule
 from .spacing import spaced_timesteps
 from .targets import predicted_x0
@@ -56,8 +56,8 @@ class DPMSolverPP2M(SamplerBase):
     ) -> StepOutput:
         """generator is unused (the solver is deterministic); it is accepted for the common contract."""
         i = self.index_of(t)
-        x = sample.float()
-        x0 = predicted_x0(self.prediction, model_output.float(), x, self._alphas[i], self._sigmas[i])
+        x = upcast(sample)
+        x0 = predicted_x0(self.prediction, upcast(model_output), x, self._alphas[i], self._sigmas[i])
         x0 = self.x0_processing(x0)
         if self._sigmas[i + 1] == 0:
             prev = x0  # first-order update into σ = 0 lands exactly on x̂₀

@@ -4,7 +4,7 @@ DDIM inversion at guidance scale 1 gives a "pivot" trajectory x*_T … x*_0. Sam
 a guidance scale s > 1 drifts away from it. For each sampling step i we therefore optimise the
 *unconditional* input ∅_i (a float embedding, e.g. the null class's embedding vector) so that
 
-    ‖x*_{i+1} − DDIM(u(∅_i) + s·(c − u(∅_i)), t_i, x̄_i)‖²        (Mokady et al. 2022, eq. 5)
+    ‖x*_{i+1} − DDIM(u(∅_i) + s·(c − u(∅_i)), t_i, x̄_i)‖²        (Mokady et al. 2022, §3.2)
 
 is small, starting from ∅_{i−1}, then step x̄ with the optimised ∅_i (their Algorithm 1). The
 conditional output c is fixed within a step, so each inner iteration costs one forward and one
@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from .ddim import DDIMSampler
-from .guidance import Cond, Guidance, ModelFn, expand_cond, cfg_combine
+from .guidance import Cond, Guidance, ModelFn, cfg_combine, expand_cond
 from .inversion import Inversion, check_invertible, ddim_invert
 
 
@@ -41,6 +41,28 @@ class NullInversion:
         return Guidance(scale=self.scale, null_cond=list(self.null_conds), rescale=rescale)
 
 
+class _Adam:
+    """Adam on one tensor (Kingma & Ba 2015, Algorithm 1, default β₁, β₂, ε).
+
+    Written out instead of torch.optim.Adam: building a torch optimizer imports torch._dynamo, which
+    costs seconds at the first call of `ldm invert`, for eight lines of arithmetic.
+    """
+
+    def __init__(self, lr: float, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8) -> None:
+        self.lr, (self.b1, self.b2), self.eps = lr, betas, eps
+        self.m: Tensor | None = None
+        self.v: Tensor | None = None
+        self.k = 0
+
+    def update(self, param: Tensor, grad: Tensor) -> Tensor:
+        self.k += 1
+        self.m = grad * (1 - self.b1) if self.m is None else self.b1 * self.m + (1 - self.b1) * grad
+        self.v = grad**2 * (1 - self.b2) if self.v is None else self.b2 * self.v + (1 - self.b2) * grad**2
+        m_hat = self.m / (1 - self.b1**self.k)  # bias corrections
+        v_hat = self.v / (1 - self.b2**self.k)
+        return param - self.lr * m_hat / (v_hat.sqrt() + self.eps)
+
+
 def _fit_null(
     model_fn: ModelFn,
     sampler: DDIMSampler,
@@ -56,17 +78,18 @@ def _fit_null(
 ) -> Tensor:
     """Adam on the unconditional embedding for one sampling step; returns the fitted embedding."""
     t_batch = t.to(x.device).expand(x.shape[0])
-    null = null.detach().clone().requires_grad_(True)
-    opt = torch.optim.Adam([null], lr=lr)
+    null = null.detach().clone()
+    adam = _Adam(lr)
     for _ in range(inner_steps):
+        null.requires_grad_(True)
         out_uncond = model_fn(x, t_batch, expand_cond(null, x.shape[0]))
         x_prev = sampler.step(cfg_combine(out_cond, out_uncond, scale), t, x).prev_sample
         loss = (x_prev.float() - target.float()).pow(2).mean()
         if loss.item() < tol:  # early stop (Mokady et al. 2022, Algorithm 1 uses ε = 1e-5)
             break
         # autograd.grad, not backward: the network's own .grad buffers stay untouched
-        (null.grad,) = torch.autograd.grad(loss, [null])
-        opt.step()
+        (grad,) = torch.autograd.grad(loss, [null])
+        null = adam.update(null.detach(), grad)
     return null.detach()
 
 

@@ -97,7 +97,7 @@ class NoiseSchedule:
 
     def snr(self, t: Tensor | int) -> Tensor:
         """SNR(t) = α_t² / σ_t² = ᾱ_t / (1 − ᾱ_t) (Kingma et al. 2021, eq. 1); 0 at a zero-SNR end."""
-        ab = self.alphas_cumprod[torch.as_tensor(t).long()]
+        ab = self.alphas_cumprod[torch.as_tensor(t).long().cpu()]
         return ab / (1 - ab)
 
     def alpha_sigma(self, t: Tensor, like: Tensor) -> tuple[Tensor, Tensor]:

@@ -17,6 +17,7 @@ from typing import Iterable
 import torch
 from torch import nn
 
+from autoencoders.factory import images_of
 from ldm_system.eval.features import EFFNET_FD_LABEL, build_feature_extractor
 from ldm_system.eval.metrics import frechet_distance_from_features, psnr, ssim
 
@@ -27,10 +28,6 @@ METRIC_LABELS = {
     "codebook_usage": "fraction of VQ codes used on the evaluation set",
     "codebook_perplexity": "perplexity of the VQ code histogram on the evaluation set",
 }
-
-
-def _images_of(item) -> torch.Tensor:
-    return item[0] if isinstance(item, (tuple, list)) else item
 
 
 @torch.no_grad()
@@ -58,7 +55,7 @@ def eval_autoencoder(
         for i, item in enumerate(batches):
             if max_batches is not None and i >= max_batches:
                 break
-            x = _images_of(item).to(device).float()
+            x = images_of(item).to(device).float()
             out = ae(x, sample_posterior=False)
             recon = out["recon"].float().clamp(-1.0, 1.0)
             x01, r01 = (x.clamp(-1, 1) + 1) / 2, (recon + 1) / 2

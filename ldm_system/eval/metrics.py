@@ -106,7 +106,27 @@ def frechet_distance(mu1: torch.Tensor, sigma1: torch.Tensor, mu2: torch.Tensor,
 
 
 def frechet_distance_from_features(real: torch.Tensor, fake: torch.Tensor) -> float:
-    return frechet_distance(*feature_stats(real), *feature_stats(fake))
+    """Fréchet distance between the Gaussians fitted to two feature sets (N, D) and (M, D).
+
+    With few samples (N, M <= D) it avoids D x D matrices: for centred A (N, D), B (M, D),
+    S1 = A^T A / (N-1), S2 = B^T B / (M-1), the nonzero eigenvalues of S1 S2 are the squared
+    singular values of A B^T / sqrt((N-1)(M-1)), so Tr (S1 S2)^{1/2} = ||A B^T||_* / sqrt((N-1)(M-1)).
+    """
+    for name, f in (("real", real), ("fake", fake)):
+        if f.ndim != 2 or f.shape[0] < 2:
+            raise ValueError(f"frechet_distance_from_features: {name} needs (N >= 2, D) features, got {tuple(f.shape)}")
+    if real.shape[1] != fake.shape[1]:
+        raise ValueError(f"feature dims differ: {real.shape[1]} vs {fake.shape[1]}")
+    n, m, d = real.shape[0], fake.shape[0], real.shape[1]
+    if max(n, m) > d:
+        return frechet_distance(*feature_stats(real), *feature_stats(fake))
+    a, b = real.double(), fake.double()
+    mu_a, mu_b = a.mean(dim=0), b.mean(dim=0)
+    a, b = a - mu_a, b - mu_b
+    tr_sqrt = torch.linalg.svdvals(a @ b.t()).sum() / math.sqrt((n - 1) * (m - 1))
+    tr_a, tr_b = a.pow(2).sum() / (n - 1), b.pow(2).sum() / (m - 1)
+    d2 = (mu_a - mu_b).pow(2).sum() + tr_a + tr_b - 2.0 * tr_sqrt
+    return float(d2.clamp_min(0))
 
 
 def _kth_neighbour_radius(feats: torch.Tensor, k: int, chunk: int) -> torch.Tensor:

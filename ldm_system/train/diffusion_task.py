@@ -1,12 +1,12 @@
 """Stage 2 as an engine task: train a diffusion UNet on (latent) tensors.
 
-Inputs come in three forms, declared by the data manifest (see `ldm_system/data/encode.py`):
+Inputs come in two forms, declared by the data manifest (see `ldm_system/data/encode.py`):
 
-- "latent":  pre-encoded, already scaled latents (B, c, h, w)             — VQ, or KL posterior means
-- "moments": pre-encoded KL posterior parameters (B, 2c, h, w) = [mean, logvar]; a fresh posterior
-             sample is drawn every step, then scaled (what LDM trains on)
-- "image":   images in [-1, 1]; encoded online by the frozen autoencoder (fp32, no grad), or used
-             directly for pixel-space diffusion when there is no autoencoder
+- "latent": pre-encoded, already scaled latents (B, c, h, w). For KL autoencoders the shards also
+            hold the scaled posterior (mean, logvar) and the stream can draw a fresh z per epoch
+            (`data.sample_posterior`), which is what LDM trains on;
+- "image":  images in [-1, 1]; encoded online by the frozen autoencoder (fp32, no grad, posterior
+            sample), or used directly for pixel-space diffusion when there is no autoencoder.
 
 The latent scale always comes from the autoencoder/manifest metadata, never a literal.
 """
@@ -50,14 +50,16 @@ class DiffusionTask:
         diffusion: DiffusionConfig,
         optim: OptimConfig,
         codec: LatentCodec,
-        input_kind: Literal["latent", "moments", "image"],
+        input_kind: Literal["latent", "image"],
         preview: PreviewConfig = PreviewConfig(),
         init_unet: nn.Module | None = None,
+        info: dict[str, Any] | None = None,
     ) -> None:
         self.unet_cfg, self.diff_cfg, self.optim_cfg, self.preview_cfg = unet, diffusion, optim, preview
         self.codec, self.input_kind = codec, input_kind
         self.schedule = diffusion.schedule()
         self.init_unet = init_unet
+        self.info = dict(info or {})  # provenance recorded in checkpoints (classes, autoencoder path)
         self._metrics: dict[str, float] = {}
         self.device = torch.device("cpu")
 
@@ -76,21 +78,16 @@ class DiffusionTask:
 
     def latents(self, batch: Any) -> torch.Tensor:
         """Scaled latents x₀ (B, c, h, w) for this batch."""
-        x = batch[0].float()
-        if self.input_kind == "latent":
-            return x
-        if self.input_kind == "moments":
-            mean, logvar = x.chunk(2, dim=1)
-            z = mean + torch.exp(0.5 * logvar.clamp(-30.0, 20.0)) * torch.randn_like(mean)  # posterior sample
-            return z * self.codec.scale
-        return self.codec.encode(x)
+        x = next(iter(batch)).float()
+        return x if self.input_kind == "latent" else self.codec.encode(x)
 
     def condition(self, batch: Any) -> torch.Tensor | None:
         kind = self.unet_cfg.conditioning
         if kind == "none":
             return None
         if kind == "class":
-            labels = batch[1].long()
+            _, labels, _ = batch
+            labels = labels.long()
             if (labels >= self.unet_cfg.num_classes).any():
                 raise ValueError(f"label {int(labels.max())} out of range for num_classes={self.unet_cfg.num_classes}")
             labels = torch.where(labels < 0, torch.full_like(labels, self.unet_cfg.num_classes), labels)  # unlabelled → null
@@ -133,4 +130,4 @@ class DiffusionTask:
         return self.codec.decode(z).clamp(-1, 1)
 
     def checkpoint_metadata(self) -> dict[str, Any]:
-        return {"latent_scale": self.codec.scale, "input_kind": self.input_kind}
+        return {"latent_scale": self.codec.scale, "input_kind": self.input_kind, **self.info}

@@ -21,7 +21,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Literal
+from typing import Any, Callable, Iterable, Literal
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -64,7 +64,8 @@ class NonFiniteLossError(RuntimeError):
 
 
 def _to_device(batch: Any, device: torch.device) -> Any:
-    if isinstance(batch, torch.Tensor):
+    if hasattr(batch, "to"):  # tensors and the data stream's Batch
+        return batch.to(device, non_blocking=True)
         return batch.to(device, non_blocking=True)
     if isinstance(batch, (list, tuple)):
         return type(batch)(_to_device(b, device) for b in batch)
@@ -74,11 +75,13 @@ def _to_device(batch: Any, device: torch.device) -> Any:
 
 
 class Trainer:
-    def __init__(self, task: Task, stream: Iterable, cfg: EngineConfig, run_config: Any = None) -> None:
+    def __init__(self, task: Task, stream: Iterable | Callable[[int, int], Iterable], cfg: EngineConfig, run_config: Any = None) -> None:
         self.task, self.stream, self.cfg = task, stream, cfg
         self.out = Path(cfg.out_dir)
         self.accelerator = make_accelerator(cfg.grad_accum, cfg.mixed_precision, cfg.batch_size)
         acc = self.accelerator
+        if callable(stream) and not hasattr(stream, "__iter__"):  # a factory: (rank, world) → stream
+            self.stream = stream(acc.process_index, acc.num_processes)
         torch.manual_seed(cfg.seed + acc.process_index)  # same init on all ranks comes from DDP broadcast
         if hasattr(task, "to_device"):
             task.to_device(acc.device)  # frozen helpers (autoencoder, text encoder) stay unwrapped
@@ -276,7 +279,7 @@ class Trainer:
 
 
 def _batch_len(batch: Any) -> int:
-    first = batch[0] if isinstance(batch, (list, tuple)) else batch
+    first = next(iter(batch)) if isinstance(batch, (list, tuple)) or hasattr(batch, "size") else batch
     return int(first.shape[0]) if isinstance(first, torch.Tensor) else 1
 
 

@@ -9,6 +9,14 @@ from autoencoders.factory import build_autoencoder, measure_latent_scale
 from autoencoders.kl import KLAutoencoder
 from autoencoders.vq import VQAutoencoder
 
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)  # small convolutions on a shared 2-core machine: avoid oversubscription
+    yield
+    torch.set_num_threads(n)
+
 CHANNELS = {4: (8, 16, 16), 8: (8, 16, 16, 16)}
 
 
@@ -98,3 +106,24 @@ def test_measure_latent_scale_vq_and_errors():
         measure_latent_scale(ae, [], max_batches=5)
     with pytest.raises(ValueError, match="max_batches"):
         measure_latent_scale(ae, [], max_batches=0)
+
+
+@pytest.mark.parametrize("kind", ["kl", "vq"])
+def test_gradient_checkpointing_gives_the_same_gradients(kind):
+    torch.manual_seed(0)
+    ae = build_autoencoder(tiny(kind, 4, 3))
+    x = torch.rand(2, 3, 16, 16) * 2 - 1
+
+    def grads():
+        ae.zero_grad()
+        torch.manual_seed(1)  # same posterior sample
+        ae(x)["recon"].square().mean().backward()
+        return [p.grad.clone() for p in ae.parameters() if p.grad is not None]
+
+    plain = grads()
+    ae.enable_gradient_checkpointing()
+    parts = (ae.vae.encoder, ae.vae.decoder) if kind == "kl" else (ae.encoder, ae.decoder)
+    assert all(m.gradient_checkpointing for m in parts)
+    checkpointed = grads()
+    assert len(plain) == len(checkpointed)
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(plain, checkpointed))

@@ -1,0 +1,181 @@
+"""The `ldm` command. Each subcommand is a thin layer over a library function.
+
+    ldm data pack SRC OUT_DIR          images (folder or builtin:...) → WebDataset shards
+    ldm data encode --autoencoder CKPT SHARDS OUT_DIR
+    ldm train-ae --config configs/autoencoder/kl-f4.yaml [--set k=v ...] [--resume latest]
+    ldm eval-ae --autoencoder CKPT SHARDS
+    ldm train --config configs/ldm/fmnist-kl-f4.yaml [--set ...] [--resume latest] [--init-from SRC]
+    ldm export CKPT OUT_DIR [--raw]
+    ldm sample | invert | edit | interpolate | serve   (see ldm_system/serving/)
+    ldm demo                            the whole two-stage pipeline on Fashion-MNIST
+
+Multi-process: `accelerate launch [--use_deepspeed ...] -m ldm_system.cli train ...`.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from ldm_system.config import ConfigError, load_config
+
+
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", required=True, help="YAML run config")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set train.steps=100 (repeatable)")
+    p.add_argument("--resume", default=None, help="'latest' or a checkpoint folder")
+
+
+# ---- data ---------------------------------------------------------------------------------
+def cmd_data_pack(a: argparse.Namespace) -> int:
+    from ldm_system.data.shards import pack
+
+    m = pack(a.src, a.out_dir, shard_size=a.shard_size, image_size=a.image_size, seed=a.seed, split=a.split,
+             channels=a.channels, limit=a.limit, num_samples=a.num_samples, overwrite=a.overwrite)
+    print(f"packed {m.num_samples} samples into {len(m.shards)} shards in {a.out_dir} "
+          f"({m.num_skipped} skipped; classes: {len(m.classes)}; image size: {m.image_size})")
+    for s in m.skipped[:10]:
+        print(f"  skipped {s.path}: {s.reason}")
+    return 0
+
+
+def cmd_data_encode(a: argparse.Namespace) -> int:
+    from ldm_system.data.encode import encode_shards
+
+    m = encode_shards(a.autoencoder, a.shards, a.out_dir, batch_size=a.batch_size, shard_size=a.shard_size,
+                      device=a.device, overwrite=a.overwrite)
+    print(f"encoded {m.num_samples} samples → {a.out_dir} (latents {m.meta['latent_shape']}, "
+          f"scale {m.meta['latent_scale']:.5f})")
+    return 0
+
+
+# ---- stage 1 ------------------------------------------------------------------------------
+def cmd_train_ae(a: argparse.Namespace) -> int:
+    from ldm_system.train.runs import AERunConfig, run_autoencoder
+
+    cfg = load_config(AERunConfig, a.config, a.overrides)
+    out = run_autoencoder(cfg, resume=a.resume)
+    print(f"autoencoder: {out}")
+    return 0
+
+
+def cmd_eval_ae(a: argparse.Namespace) -> int:
+    from autoencoders.io import load_autoencoder
+    from ldm_system.data.stream import StreamConfig, make_loader
+    from ldm_system.eval.autoencoder import METRIC_LABELS, eval_autoencoder
+
+    ae, _ = load_autoencoder(a.autoencoder)
+    stream = make_loader(StreamConfig(shards=a.shards, batch_size=a.batch_size, num_workers=0, infinite=False,
+                                      shuffle_buffer=0, shard_shuffle=False))
+    batches = (b.images for i, b in zip(range(a.max_batches), stream))
+    report = eval_autoencoder(ae, batches)
+    for k, v in report.items():
+        print(f"{k:>22s}: {v:.4f}   {METRIC_LABELS.get(k, '')}")
+    if a.json:
+        Path(a.json).write_text(json.dumps(report, indent=2))
+    return 0
+
+
+# ---- stage 2 ------------------------------------------------------------------------------
+def cmd_train(a: argparse.Namespace) -> int:
+    from ldm_system.train.runs import LDMRunConfig, run_ldm
+
+    cfg = load_config(LDMRunConfig, a.config, a.overrides)
+    run_ldm(cfg, resume=a.resume, init_from=a.init_from)
+    return 0
+
+
+def cmd_export(a: argparse.Namespace) -> int:
+    from ldm_system.serving.export import export_checkpoint
+
+    out = export_checkpoint(a.checkpoint, a.out_dir, use_ema=not a.raw)
+    print(f"exported to {out}")
+    return 0
+
+
+def cmd_demo(a: argparse.Namespace) -> int:
+    from ldm_system.demo import run_demo
+
+    return run_demo(Path(a.out), quick=a.quick)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="ldm", description="Two-stage latent diffusion: train, sample, invert, edit.")
+    ap.add_argument("-v", "--verbose", action="store_true")
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    data = sub.add_parser("data", help="pack and encode datasets").add_subparsers(dest="data_command", required=True)
+    p = data.add_parser("pack", help="write WebDataset shards from an image folder or builtin:fashion-mnist / builtin:photos")
+    p.add_argument("src")
+    p.add_argument("out_dir")
+    p.add_argument("--shard-size", type=int, default=5000)
+    p.add_argument("--image-size", type=int, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--split", default="train", help="train or test (built-in datasets)")
+    p.add_argument("--channels", type=int, default=None, choices=[1, 3])
+    p.add_argument("--limit", type=int, default=None, help="pack at most this many samples")
+    p.add_argument("--num-samples", type=int, default=None, help="builtin:photos: number of crops")
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(fn=cmd_data_pack)
+    p = data.add_parser("encode", help="encode image shards into latent shards with a stage-1 autoencoder")
+    p.add_argument("--autoencoder", required=True)
+    p.add_argument("shards")
+    p.add_argument("out_dir")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--shard-size", type=int, default=10000)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(fn=cmd_data_encode)
+
+    p = sub.add_parser("train-ae", help="stage 1: train a KL or VQ autoencoder")
+    _add_config_args(p)
+    p.set_defaults(fn=cmd_train_ae)
+    p = sub.add_parser("eval-ae", help="PSNR / SSIM / FID-style distance of an autoencoder")
+    p.add_argument("--autoencoder", required=True)
+    p.add_argument("shards")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--max-batches", type=int, default=16)
+    p.add_argument("--json", default=None, help="also write the report here")
+    p.set_defaults(fn=cmd_eval_ae)
+
+    p = sub.add_parser("train", help="stage 2: train the diffusion UNet")
+    _add_config_args(p)
+    p.add_argument("--init-from", default=None, help="fine-tune from a checkpoint, export or diffusers UNet folder")
+    p.set_defaults(fn=cmd_train)
+    p = sub.add_parser("export", help="consolidate a checkpoint into safetensors + diffusers folders")
+    p.add_argument("checkpoint")
+    p.add_argument("out_dir")
+    p.add_argument("--raw", action="store_true", help="export raw weights instead of EMA")
+    p.set_defaults(fn=cmd_export)
+
+    try:
+        from ldm_system.serving.cli import add_serving_commands
+    except ImportError:  # serving is optional at import time; its own commands explain what is missing
+        add_serving_commands = None
+    if add_serving_commands is not None:
+        add_serving_commands(sub)
+
+    p = sub.add_parser("demo", help="the two-stage pipeline on Fashion-MNIST, end to end")
+    p.add_argument("--out", default="outputs/demo")
+    p.add_argument("--quick", action="store_true", help="a much shorter run (smoke test)")
+    p.set_defaults(fn=cmd_demo)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.fn(args) or 0)
+    except (ConfigError, FileNotFoundError, ValueError) as e:
+        if args.verbose:
+            raise
+        print(f"ldm {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

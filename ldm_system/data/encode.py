@@ -1,0 +1,108 @@
+"""`ldm data encode`: image shards → latent shards through a frozen stage-1 autoencoder.
+
+What is stored (the choice, and why):
+
+- `latent.npy`: the scaled latent s·z of each image, float32 (c, h, w). For KL it is s·mean (the
+  posterior mode); for VQ, s·(quantised code vectors). Stage 2 trains on it directly.
+- KL only: `mean.npy` = s·mean and `logvar.npy` = logvar + 2·log s, i.e. the posterior in the
+  *scaled* space. With `data.sample_posterior: true` the stream draws a fresh z ~ N(mean, e^logvar)
+  each epoch, which is what LDM trains on; the posterior is kept so that this stays possible after
+  encoding once.
+- `cls` and `txt` are carried over unchanged, keys are preserved.
+
+The manifest's `meta` records the autoencoder path, its kind, the latent scale and the latent
+shape, so stage 2 never needs a literal scale.
+"""
+from __future__ import annotations
+
+import io
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ldm_system.data.manifest import Manifest, read_manifest
+from ldm_system.data.stream import StreamConfig, make_loader
+from ldm_system.data.writer import ShardWriter
+
+
+def _npy(a: torch.Tensor) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, a.detach().cpu().float().numpy(), allow_pickle=False)
+    return buf.getvalue()
+
+
+@torch.no_grad()
+def encode_shards(
+    autoencoder: str | Path,
+    shards: str | Path,
+    out_dir: str | Path,
+    batch_size: int = 64,
+    shard_size: int = 5000,
+    num_workers: int = 0,
+    device: str = "cpu",
+    overwrite: bool = False,
+    progress: bool = True,
+) -> Manifest:
+    from autoencoders.io import load_autoencoder
+
+    src = read_manifest(shards)
+    if src.kind != "images":
+        raise ValueError(f"{shards}: holds {src.kind}, `ldm data encode` needs image shards")
+    ae, meta = load_autoencoder(autoencoder, device=device)
+    cfg = meta.config
+    if src.channels != cfg.in_channels:
+        raise ValueError(f"{shards} holds {src.channels}-channel images; the autoencoder expects {cfg.in_channels}")
+    if src.image_size is None or src.image_size % cfg.f:
+        raise ValueError(f"{shards}: image size {src.image_size} is not a multiple of the autoencoder's f={cfg.f}")
+    scale = float(meta.latent_scale)
+    stream = make_loader(
+        StreamConfig(shards=str(shards), batch_size=batch_size, num_workers=num_workers, infinite=False,
+                     shuffle_buffer=0, shard_shuffle=False)
+    )
+    log_s2 = 2.0 * math.log(scale)
+    bar = tqdm(total=src.num_samples, desc="encode", disable=not progress)
+    with ShardWriter(Path(out_dir), shard_size, overwrite=overwrite) as w:
+        for batch in stream:
+            images = batch.images.to(device).float()
+            entries = []
+            if cfg.kind == "kl":
+                post = ae.encode(images)
+                mean, logvar = post.mean * scale, post.logvar + log_s2
+                latent = mean
+                for i in range(len(batch.keys)):
+                    entries.append({"latent.npy": _npy(latent[i]), "mean.npy": _npy(mean[i]), "logvar.npy": _npy(logvar[i])})
+            else:
+                latent = ae.encode_latents(images) * scale
+                entries = [{"latent.npy": _npy(latent[i])} for i in range(len(batch.keys))]
+            for i, key in enumerate(batch.keys):
+                e = entries[i]
+                label = int(batch.labels[i])
+                if label >= 0:
+                    e["cls"] = str(label).encode()
+                if batch.captions[i]:
+                    e["txt"] = batch.captions[i].encode("utf-8")
+                w.write(key, e)
+            bar.update(len(batch.keys))
+        bar.close()
+        latent_shape = list(latent.shape[1:])
+        return w.write_manifest(
+            source=f"encode:{src.source}",
+            split=src.split,
+            kind="latents",
+            image_size=latent_shape[-1],
+            channels=latent_shape[0],
+            classes=src.classes,
+            seed=src.seed,
+            meta={
+                "autoencoder": str(Path(autoencoder).resolve()),
+                "autoencoder_kind": cfg.kind,
+                "latent_scale": scale,
+                "latent_shape": latent_shape,
+                "image_size": src.image_size,
+                "image_channels": src.channels,
+                "images": str(Path(shards).resolve()),
+            },
+        )

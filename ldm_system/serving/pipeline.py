@@ -1,0 +1,239 @@
+"""The Python API of a trained model (an `ldm export` folder).
+
+    pipe = LDMPipeline.from_pretrained("outputs/demo/model")
+    images = pipe.sample(8, classes=["Sneaker"] * 8, steps=50, guidance=3.0, seed=0)   # (8, C, H, W) in [-1, 1]
+    inv = pipe.invert(images, classes=..., steps=50)                                   # x_T + reconstruction + PSNR
+    edited = pipe.edit(image, source_class="Sneaker", target_class="Sandal", keep_steps=20)
+    frames = pipe.interpolate(img_a, img_b, num=8)
+
+Everything here composes `ldm_system.diffusion` functions with the UNet (`Denoiser`) and the
+frozen stage-1 codec; the denoising loops live in `ldm_system/diffusion/`.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from ldm_system.config import from_dict
+from ldm_system.diffusion.config import DiffusionConfig
+from ldm_system.diffusion.editing import class_edit, sdedit, slerp
+from ldm_system.diffusion.guidance import Guidance
+from ldm_system.diffusion.inversion import ddim_invert, latent_mse, reconstruct
+from ldm_system.diffusion.loop import sample
+from ldm_system.diffusion.null_inversion import null_condition_inversion
+from ldm_system.diffusion.samplers import SamplerConfig, make_sampler
+from ldm_system.models.latent import LatentCodec
+from ldm_system.models.unet import Denoiser, UNetConfig
+from ldm_system.serving.export import LDM_META
+
+ClassSpec = int | str
+
+
+@dataclass(frozen=True)
+class InversionResult:
+    x_T: torch.Tensor  # (B, c, h, w) inverted noise
+    latents: torch.Tensor  # (B, c, h, w) encoded input (scaled)
+    recon_latents: torch.Tensor
+    images: torch.Tensor  # the input as seen by the model (B, C, H, W), [-1, 1]
+    reconstruction: torch.Tensor  # decoded reconstruction, [-1, 1]
+    psnr: list[float]  # dB, per image, on [0, 1]
+    ssim: list[float]
+    latent_mse: list[float]
+
+
+class LDMPipeline:
+    def __init__(self, denoiser: Denoiser, codec: LatentCodec, diffusion: DiffusionConfig,
+                 classes: Sequence[str] = (), image_size: int | None = None, image_channels: int | None = None) -> None:
+        self.net = denoiser.eval().requires_grad_(False)
+        self.codec, self.diffusion = codec, diffusion
+        self.schedule = diffusion.schedule()
+        self.classes = list(classes)
+        u = denoiser.cfg
+        f = 1 if codec.is_identity else codec.ae.cfg.f
+        self.image_size = image_size or u.sample_size * f
+        self.image_channels = image_channels or (u.in_channels if codec.is_identity else codec.ae.cfg.in_channels)
+        self.device = next(denoiser.parameters()).device
+
+    # ---- loading -------------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(cls, path: str | Path, device: str | torch.device = "cpu") -> "LDMPipeline":
+        from diffusers import UNet2DConditionModel, UNet2DModel
+
+        path = Path(path)
+        meta_file = path / LDM_META
+        if not meta_file.exists():
+            raise FileNotFoundError(f"{path} is not an exported ldm-system model (no {LDM_META}); run `ldm export` first")
+        meta = json.loads(meta_file.read_text())
+        ucfg = from_dict(UNetConfig, meta["unet"], source=str(meta_file), where="unet")
+        dcfg = from_dict(DiffusionConfig, meta["diffusion"], source=str(meta_file), where="diffusion")
+        kind = UNet2DConditionModel if ucfg.conditioning == "text" else UNet2DModel
+        unet = kind.from_pretrained(str(path / "unet"))
+        codec = LatentCodec.from_checkpoint(path / "autoencoder", sample_posterior=False) if meta.get("has_autoencoder") else LatentCodec.identity()
+        if abs(codec.scale - float(meta["latent_scale"])) > 1e-6 * max(1.0, codec.scale):
+            raise ValueError(f"{path}: latent scale in {LDM_META} ({meta['latent_scale']}) differs from the autoencoder's ({codec.scale})")
+        den = Denoiser(ucfg, unet).to(device)
+        codec.to(device)
+        return cls(den, codec, dcfg, meta.get("classes", []))
+
+    # ---- helpers ---------------------------------------------------------------------------
+    def model_fn(self, x: torch.Tensor, t: torch.Tensor, cond):
+        return self.net(x, t, cond)
+
+    def class_ids(self, classes: Sequence[ClassSpec] | None, n: int) -> torch.Tensor | None:
+        if self.net.cfg.conditioning != "class":
+            if classes is not None and any(c is not None for c in classes):
+                raise ValueError("this model is not class-conditional; do not pass classes")
+            return None
+        if classes is None:
+            return torch.full((n,), self.net.null_class, dtype=torch.long, device=self.device)
+        if len(classes) != n:
+            raise ValueError(f"got {len(classes)} classes for {n} images")
+        return torch.tensor([self.class_id(c) for c in classes], dtype=torch.long, device=self.device)
+
+    def class_id(self, c: ClassSpec) -> int:
+        k = self.net.cfg.num_classes
+        if isinstance(c, str) and not c.lstrip("-").isdigit():
+            if c not in self.classes:
+                raise ValueError(f"unknown class {c!r}; known classes: {', '.join(self.classes) or '(unnamed) 0..' + str(k - 1)}")
+            return self.classes.index(c)
+        i = int(c)
+        if not 0 <= i < k:
+            raise ValueError(f"unknown class {c!r}: class ids are 0..{k - 1}")
+        return i
+
+    def _sampler(self, name: str, steps: int, eta: float = 0.0, spacing: str | None = None):
+        if steps <= 0:
+            raise ValueError(f"steps must be positive, got {steps}")
+        return make_sampler(SamplerConfig(name=name, num_steps=steps, eta=eta, spacing=spacing), self.schedule,
+                            self.diffusion.prediction_type)
+
+    def _guidance(self, scale: float, cond) -> Guidance | None:
+        if cond is None or scale == 1.0:
+            return None
+        null = torch.full((1,), self.net.null_class, dtype=torch.long, device=self.device)
+        return Guidance(scale=scale, null_cond=null)
+
+    def latent_shape(self, n: int) -> tuple[int, int, int, int]:
+        u = self.net.cfg
+        return (n, u.in_channels, u.sample_size, u.sample_size)
+
+    def check_images(self, images: torch.Tensor) -> torch.Tensor:
+        want = (self.image_channels, self.image_size, self.image_size)
+        if images.ndim != 4 or tuple(images.shape[1:]) != want:
+            raise ValueError(f"images must be (B, {want[0]}, {want[1]}, {want[2]}), got {tuple(images.shape)}; "
+                             "load files with ldm_system.images.load_image (resize + centre crop)")
+        return images.to(self.device).float()
+
+    def load_images(self, paths: Sequence[str | Path]) -> torch.Tensor:
+        from ldm_system.images import load_image
+
+        return torch.cat([load_image(p, self.image_size, self.image_channels) for p in paths]).to(self.device)
+
+    # ---- sampling --------------------------------------------------------------------------
+    @torch.no_grad()
+    def sample(self, num: int, classes: Sequence[ClassSpec] | None = None, sampler: str = "ddim", steps: int = 50,
+               eta: float = 0.0, guidance: float = 1.0, seed: int = 0, progress: bool = False) -> torch.Tensor:
+        if num <= 0:
+            raise ValueError(f"num must be positive, got {num}")
+        cond = self.class_ids(classes, num)
+        s = self._sampler(sampler, steps, eta)
+        gen = torch.Generator(device="cpu").manual_seed(seed)
+        z = sample(self.model_fn, s, self.latent_shape(num), num_steps=steps, cond=cond,
+                   guidance=self._guidance(guidance, cond), generator=gen, device=self.device, progress=progress)
+        return self.codec.decode(z).clamp(-1, 1)
+
+    # ---- inversion -------------------------------------------------------------------------
+    def invert(self, images: torch.Tensor, classes: Sequence[ClassSpec] | None = None, steps: int = 50,
+               fixed_point_iters: int = 0, guidance: float = 1.0, null_optimization: bool = False,
+               null_inner_steps: int = 10, null_lr: float = 0.05) -> InversionResult:
+        """DDIM inversion → x_T, then DDIM reconstruction on the same grid; reports PSNR/SSIM/latent MSE.
+
+        With guidance > 1, plain inversion reconstructs under guidance (which drifts) unless
+        `null_optimization` fits per-step null-class embeddings (null-condition inversion).
+        """
+        images = self.check_images(images)
+        cond = self.class_ids(classes, images.shape[0])
+        z0 = self.codec.encode(images)
+        s = self._sampler("ddim", steps)
+        with torch.no_grad():
+            inv = ddim_invert(self.model_fn, s, z0, num_steps=steps, cond=cond, fixed_point_iters=fixed_point_iters)
+        g = self._guidance(guidance, cond)
+        if null_optimization:
+            if cond is None or guidance == 1.0:
+                raise ValueError("null-condition inversion needs a class-conditional model, classes and guidance != 1")
+            null = self.net.class_embedding(torch.tensor([self.net.null_class], device=self.device))
+            ids_emb = self.net.class_embedding(cond).detach()
+            ninv = null_condition_inversion(self.model_fn, s, z0, num_steps=steps, cond=ids_emb,
+                                            null_cond=null.detach().expand(images.shape[0], -1).clone(),
+                                            scale=guidance, inner_steps=null_inner_steps, lr=null_lr, inversion=inv)
+            with torch.no_grad():
+                zr = reconstruct(self.model_fn, s, inv, cond=ids_emb, guidance=ninv.guidance())
+        else:
+            with torch.no_grad():
+                zr = reconstruct(self.model_fn, s, inv, cond=cond, guidance=g)
+        return self._report(images, z0, inv.x_T, zr)
+
+    @torch.no_grad()
+    def _report(self, images, z0, x_T, zr) -> InversionResult:
+        from ldm_system.eval.metrics import psnr, ssim
+
+        rec = self.codec.decode(zr).clamp(-1, 1)
+        a, b = (images + 1) / 2, (rec + 1) / 2
+        return InversionResult(
+            x_T=x_T, latents=z0, recon_latents=zr, images=images, reconstruction=rec,
+            psnr=[float(v) for v in psnr(b, a).reshape(-1)], ssim=[float(v) for v in ssim(b, a).reshape(-1)],
+            latent_mse=[float(v) for v in latent_mse(zr, z0)],
+        )
+
+    # ---- editing ---------------------------------------------------------------------------
+    @torch.no_grad()
+    def edit(self, images: torch.Tensor, source_class: ClassSpec, target_class: ClassSpec, steps: int = 50,
+             keep_steps: int | None = None, guidance: float = 1.0) -> torch.Tensor:
+        """Invert under the source class, regenerate under the target class; the first `keep_steps`
+        steps (default: a fifth of them) follow the source class to keep the layout."""
+        images = self.check_images(images)
+        n = images.shape[0]
+        src, tgt = self.class_ids([source_class] * n, n), self.class_ids([target_class] * n, n)
+        if src is None:
+            raise ValueError("class edits need a class-conditional model")
+        keep = steps // 5 if keep_steps is None else keep_steps
+        z0 = self.codec.encode(images)
+        z = class_edit(self.model_fn, self._sampler("ddim", steps), z0, num_steps=steps, source_cond=src,
+                       target_cond=tgt, keep_steps=keep, guidance=self._guidance(guidance, tgt))
+        return self.codec.decode(z).clamp(-1, 1)
+
+    @torch.no_grad()
+    def sdedit(self, images: torch.Tensor, strength: float = 0.6, target_class: ClassSpec | None = None,
+               steps: int = 50, guidance: float = 1.0, seed: int = 0) -> torch.Tensor:
+        images = self.check_images(images)
+        n = images.shape[0]
+        cond = self.class_ids(None if target_class is None else [target_class] * n, n)
+        z0 = self.codec.encode(images)
+        gen = torch.Generator(device="cpu").manual_seed(seed)
+        z = sdedit(self.model_fn, self._sampler("ddim", steps), z0, num_steps=steps, strength=strength, cond=cond,
+                   guidance=self._guidance(guidance, cond), generator=gen)
+        return self.codec.decode(z).clamp(-1, 1)
+
+    @torch.no_grad()
+    def interpolate(self, image_a: torch.Tensor, image_b: torch.Tensor, num: int = 8, steps: int = 50,
+                    classes: Sequence[ClassSpec] | None = None) -> torch.Tensor:
+        """Invert both images, slerp their x_T, decode every point: (num, C, H, W)."""
+        if num < 2:
+            raise ValueError(f"num must be at least 2, got {num}")
+        images = self.check_images(torch.cat([image_a, image_b]))
+        cond = self.class_ids(classes, 2)
+        z0 = self.codec.encode(images)
+        s = self._sampler("ddim", steps)
+        xT = ddim_invert(self.model_fn, s, z0, num_steps=steps, cond=cond).x_T
+        alphas = torch.linspace(0, 1, num, dtype=torch.float64)
+        xs = torch.cat([slerp(xT[:1], xT[1:], float(a)) for a in alphas]).to(xT.dtype)
+        c = None
+        if cond is not None:  # blend the two class embeddings linearly along the path
+            e = self.net.class_embedding(cond)
+            c = torch.stack([(1 - float(a)) * e[0] + float(a) * e[1] for a in alphas])
+        z = sample(self.model_fn, s, xs.shape, num_steps=steps, cond=c, x_T=xs)
+        return self.codec.decode(z).clamp(-1, 1)

@@ -1,0 +1,141 @@
+"""Typed run configs for `ldm train-ae` and `ldm train`, and the functions that assemble a run.
+
+A run config is one YAML file with one section per component; each component receives only its
+own section:
+
+    data:  StreamConfig      train: EngineConfig
+    (stage 1)  model / loss / disc / optim        (stage 2)  unet / diffusion / optim / preview
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+from autoencoders.config import AutoencoderConfig, DiscriminatorConfig, LossConfig, Stage1Config, Stage1OptimConfig
+from ldm_system.data.manifest import read_manifest
+from ldm_system.data.stream import StreamConfig, make_loader
+from ldm_system.diffusion.config import DiffusionConfig
+from ldm_system.models.latent import LatentCodec
+from ldm_system.models.unet import UNetConfig
+from ldm_system.train.diffusion_task import DiffusionTask, OptimConfig, PreviewConfig
+from ldm_system.train.engine import EngineConfig, Trainer
+
+
+@dataclass(frozen=True)
+class AERunConfig:
+    data: StreamConfig
+    model: AutoencoderConfig = field(default_factory=AutoencoderConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    disc: DiscriminatorConfig = field(default_factory=DiscriminatorConfig)
+    optim: Stage1OptimConfig = field(default_factory=Stage1OptimConfig)
+    train: EngineConfig = field(default_factory=EngineConfig)
+    scale_batches: int = 8  # batches used to measure the latent scale after training
+
+    def stage1(self) -> Stage1Config:
+        return Stage1Config(model=self.model, loss=self.loss, disc=self.disc, optim=self.optim)
+
+
+@dataclass(frozen=True)
+class LDMRunConfig:
+    data: StreamConfig
+    unet: UNetConfig = field(default_factory=UNetConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    preview: PreviewConfig = field(default_factory=PreviewConfig)
+    train: EngineConfig = field(default_factory=EngineConfig)
+    # Stage-1 checkpoint for *image* shards (online encoding). Latent shards name their own
+    # autoencoder in the manifest; "" with image shards means pixel-space diffusion.
+    autoencoder: str = ""
+
+
+def _stream_factory(cfg: StreamConfig):
+    return lambda rank, world: make_loader(cfg, rank=rank, world_size=world)
+
+
+# ---- stage 1 ------------------------------------------------------------------------------
+def run_autoencoder(cfg: AERunConfig, resume: str | None = None) -> Path:
+    """Train, then (rank 0) measure the latent scale and write `run/autoencoder/` (+ diffusers export)."""
+    from autoencoders.factory import measure_latent_scale
+    from autoencoders.io import export_diffusers, save_autoencoder
+    from autoencoders.stage1 import Stage1Task
+
+    task = Stage1Task(cfg.stage1())
+    trainer = Trainer(task, _stream_factory(cfg.data), cfg.train, run_config=cfg)
+    trainer.fit(resume=resume)
+    out = Path(cfg.train.out_dir) / "autoencoder"
+    acc = trainer.accelerator
+    if acc.is_main_process:
+        ae = trainer.raw["ae"].eval()
+        probe = dataclasses.replace(cfg.data, num_workers=0, infinite=False, flip=False)
+        scale = measure_latent_scale(ae, iter(make_loader(probe)), max_batches=cfg.scale_batches)
+        save_autoencoder(ae, cfg.model, scale, out)
+        if cfg.model.kind == "kl":
+            export_diffusers(ae, scale, out / "diffusers")
+        trainer.log.info(f"latent scale {scale:.5f}; autoencoder written to {out}")
+    acc.wait_for_everyone()
+    return out
+
+
+# ---- stage 2 ------------------------------------------------------------------------------
+def data_codec(cfg: LDMRunConfig) -> tuple[LatentCodec, str, list[int], dict]:
+    """(codec, input kind, latent shape (c, h, w), provenance) from the data manifest and `cfg.autoencoder`."""
+    codec, kind, shape, ae_path, manifest = _data_codec(cfg)
+    return codec, kind, shape, {"classes": list(manifest.classes), "autoencoder": ae_path}
+
+
+def _data_codec(cfg: LDMRunConfig):
+    manifest = read_manifest(_manifest_folder(cfg.data.shards))
+    if manifest.kind == "latents":
+        ae_path = manifest.meta.get("autoencoder", "")
+        if cfg.autoencoder and Path(cfg.autoencoder).resolve() != Path(ae_path).resolve():
+            raise ValueError(f"latent shards were encoded with {ae_path}, but autoencoder={cfg.autoencoder}")
+        codec = LatentCodec.from_checkpoint(ae_path) if ae_path and Path(ae_path).exists() else None
+        scale = float(manifest.meta["latent_scale"])
+        if codec is not None and abs(codec.scale - scale) > 1e-6 * scale:
+            raise ValueError(f"manifest latent scale {scale} differs from the autoencoder's {codec.scale}")
+        if codec is None:  # previews show raw latents when the autoencoder is not around
+            codec = LatentCodec.identity()
+        return codec, "latent", list(manifest.meta["latent_shape"]), ae_path, manifest
+    if manifest.image_size is None:
+        raise ValueError(f"{cfg.data.shards}: images of mixed sizes; pack with --image-size")
+    size = cfg.data.image_size or manifest.image_size
+    if not cfg.autoencoder:
+        return LatentCodec.identity(), "image", [cfg.data.channels or manifest.channels, size, size], "", manifest
+    codec = LatentCodec.from_checkpoint(cfg.autoencoder)
+    f, c = codec.ae.cfg.f, codec.ae.cfg.latent_channels
+    return codec, "image", [c, size // f, size // f], str(Path(cfg.autoencoder).resolve()), manifest
+
+
+def _manifest_folder(spec: str) -> str:
+    p = Path(spec)
+    if p.is_dir() or p.name == "manifest.json":
+        return str(p)
+    raise ValueError(f"stage 2 needs a shard folder with manifest.json (got {spec!r}) to know the latent format")
+
+
+def check_unet_fits(unet: UNetConfig, latent_shape: list[int]) -> None:
+    c, h, _ = latent_shape
+    problems = []
+    if unet.in_channels != c:
+        problems.append(f"unet.in_channels={unet.in_channels} but the data has {c} channels")
+    if unet.sample_size != h:
+        problems.append(f"unet.sample_size={unet.sample_size} but the data is {h}x{h}")
+    if problems:
+        raise ValueError("the UNet does not fit the data: " + "; ".join(problems))
+
+
+def run_ldm(cfg: LDMRunConfig, resume: str | None = None, init_from: str | None = None) -> Trainer:
+    from ldm_system.train.finetune import load_init_unet
+
+    codec, kind, shape, info = data_codec(cfg)
+    check_unet_fits(cfg.unet, shape)
+    init = load_init_unet(init_from, cfg.unet) if init_from else None
+    task = DiffusionTask(cfg.unet, cfg.diffusion, cfg.optim, codec, kind, cfg.preview, init_unet=init, info=info)
+    trainer = Trainer(task, _stream_factory(cfg.data), cfg.train, run_config=cfg)
+    trainer.fit(resume=resume)
+    return trainer
+
+
+__all__ = ["AERunConfig", "LDMRunConfig", "run_autoencoder", "run_ldm", "data_codec", "check_unet_fits"]
