@@ -98,7 +98,7 @@ class Denoiser(nn.Module):
         if cfg.attention != "sdpa":
             from kernels import use_triton_attention
 
-            use_triton_attention(self.unet)
+            use_triton_attention(self.unet, backend=cfg.attention)
 
     @property
     def null_class(self) -> int:

@@ -55,6 +55,7 @@ class EngineConfig:
     ckpt_every: int = 0  # 0 = only at the end
     keep_last: int = 3
     max_nan_steps: int = 5  # consecutive non-finite steps before stopping
+    max_minutes: float = 0.0  # wall-clock budget (0 = none): stop early, checkpoint, exit cleanly
     seed: int = 0
     progress: bool = True
 
@@ -227,6 +228,13 @@ class Trainer:
         stats.update(self.task.metrics())
         return stats
 
+    def _out_of_time(self, start: float) -> bool:
+        """Rank 0's clock decides, so every rank stops at the same step."""
+        late = torch.tensor([float(time.perf_counter() - start > 60.0 * self.cfg.max_minutes)], device=self.accelerator.device)
+        if self.accelerator.num_processes > 1:
+            late = torch.tensor([float(self.accelerator.gather(late)[0])], device=self.accelerator.device)
+        return bool(late.item())
+
     def _mean_over_ranks(self, stats: dict[str, float]) -> dict[str, float]:
         """Logged losses are the mean over ranks (the global-batch loss), not rank 0's share."""
         keys = sorted(k for k in stats if k.startswith("loss/"))
@@ -255,7 +263,11 @@ class Trainer:
         stats: dict[str, float] = {}
         t0, seen = time.perf_counter(), 0
         batch = None
+        start = time.perf_counter()
         while self.step < cfg.steps:
+            if cfg.max_minutes and self._out_of_time(start):
+                self.log.info(f"time budget of {cfg.max_minutes} min reached at step {self.step}")
+                break
             batch = _to_device(next(stream), acc.device)
             stats = self.train_step(batch)
             self.step += 1

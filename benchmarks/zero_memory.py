@@ -1,0 +1,200 @@
+"""Per-rank bytes of parameters, gradients and optimizer state under DDP, ZeRO-1, ZeRO-2 and ZeRO-3
+on 2 ranks, counted from the tensors each rank actually holds during a real `Trainer` step.
+
+    python benchmarks/zero_memory.py                 # 4 launches of 2 processes, ~3-4 min
+    python benchmarks/zero_memory.py --modes ddp,zero3 --widths 64,128
+
+Each mode is one `accelerate launch` of this file in `--worker` mode (DDP over gloo; DeepSpeed via
+the project's launch/accelerate/zeroN.yaml + launch/deepspeed/zeroN.json), running the real engine
+(`Trainer.train_step` with `DiffusionTask`, fp32, AdamW passed from the client side) on 8x8x3 random
+latents. Memory does not depend on timing, so the modes run one after the other.
+
+When it is counted: at the start of AdamW's `step` on the third training step (a step pre-hook on
+the task's own torch optimizer, which DDP and DeepSpeed both call). Gradients are then present
+and the Adam moments exist, so params + grads + optimizer state are all at their peak.
+
+What is counted (each storage once, by data pointer, whole storage size):
+- params:  the module's parameters; under ZeRO-3 `p.ds_tensor` (this rank's shard) plus any
+           parameter still materialised in full (DeepSpeed keeps small ones, below
+           `stage3_param_persistence_threshold` = 1e5 elements, on every rank);
+- master:  tensors AdamW updates that are not the module's parameters: the fp32 master shard
+           DeepSpeed ZeRO-1/2 clones even in fp32 training (`single_partition_of_fp32_groups`).
+           ZeRO-3 in fp32 updates its parameter shard in place, so it has none;
+- grads:   `.grad` of module parameters and of the tensors AdamW updates, and the optimizer's
+           gradient stores (`averaged_gradients`, ZeRO-2 `grads_in_partition`, ZeRO-3
+           `grad_partitions_flat_buffer`);
+- optim:   AdamW state tensors (exp_avg, exp_avg_sq, step);
+- other:   not in the ratio, listed for honesty. DDP: the reducer's gradient buckets (a second full
+           gradient copy, since accelerate leaves `gradient_as_bucket_view=False`). DeepSpeed: every
+           other tensor reachable from its ZeRO optimizer (communication buckets, flat copies).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+
+from _common import accelerate_launch, mib, parse_bools, parse_ints, table, unet_config
+
+GRAD_STORES = ("averaged_gradients", "grads_in_partition", "grad_partitions_flat_buffer",
+               "_DeepSpeedZeroOptimizer_Stage3__param_id_to_grad_partition")
+
+
+class Ledger:
+    """Bytes per category; a storage is counted once, under the first category that meets it."""
+
+    def __init__(self) -> None:
+        self.seen: set[int] = set()
+        self.bytes: dict[str, int] = defaultdict(int)
+        self.where: dict[str, int] = defaultdict(int)  # "other" bytes by attribute name
+
+    def add(self, category: str, t: object, where: str = "") -> None:
+        if not isinstance(t, torch.Tensor):
+            return
+        s = t.untyped_storage()
+        if s.nbytes() == 0 or s.data_ptr() in self.seen:  # ZeRO-3 releases gathered params to empty
+            return
+        self.seen.add(s.data_ptr())
+        self.bytes[category] += s.nbytes()
+        if where:
+            self.where[where] += s.nbytes()
+
+    def add_all(self, category: str, obj: object, where: str = "", depth: int = 4, _visited=None) -> None:
+        """Every tensor inside lists / tuples / dicts / DeepSpeed objects, down to `depth` levels."""
+        visited = _visited if _visited is not None else set()
+        if depth < 0 or id(obj) in visited:
+            return
+        visited.add(id(obj))
+        if isinstance(obj, torch.Tensor):
+            self.add(category, obj, where)
+            self.add(category, obj.grad, where)
+        elif isinstance(obj, dict):
+            for v in obj.values():
+                self.add_all(category, v, where, depth - 1, visited)
+        elif isinstance(obj, (list, tuple)):
+            for v in obj:
+                self.add_all(category, v, where, depth - 1, visited)
+        elif type(obj).__module__.startswith("deepspeed") and hasattr(obj, "__dict__"):
+            for k, v in vars(obj).items():
+                self.add_all(category, v, where or k, depth - 1, visited)
+
+
+def snapshot(trainer, adamw: torch.optim.Optimizer) -> dict:
+    ledger = Ledger()
+    module, raw = trainer.p.modules["unet"], trainer.raw["unet"]
+    for p in raw.parameters():
+        ledger.add("params", getattr(p, "ds_tensor", None))
+        ledger.add("params", p)  # empty when ZeRO-3 has released it
+    for g in adamw.param_groups:
+        for p in g["params"]:
+            ledger.add("master", p)
+    for p in raw.parameters():
+        ledger.add("grads", p.grad)
+    for g in adamw.param_groups:
+        for p in g["params"]:
+            ledger.add("grads", p.grad)
+    zero_opt = getattr(module, "optimizer", None)  # the DeepSpeed engine's ZeRO optimizer
+    for name in GRAD_STORES:
+        ledger.add_all("grads", getattr(zero_opt, name, None))
+    for state in adamw.state.values():
+        for v in state.values():
+            ledger.add("optim", v)
+    if zero_opt is not None:
+        ledger.add_all("other", zero_opt)
+    elif hasattr(module, "_get_ddp_logging_data"):
+        # The reducer's buckets are C++-owned; DDP reports their sizes (bytes) in its logging data.
+        buckets = str(module._get_ddp_logging_data().get("bucket_sizes", ""))
+        ledger.bytes["other"] += sum(int(b) for b in buckets.split(",") if b.strip())
+        ledger.where["ddp reducer buckets"] = ledger.bytes["other"]
+    return {"bytes": dict(ledger.bytes), "other_where": dict(ledger.where),
+            "numel": sum(p.numel() if p.numel() else getattr(p, "ds_numel", 0) for p in raw.parameters())}
+
+
+def worker(args) -> None:
+    from ldm_system.train.diffusion_task import DiffusionTask
+    from ldm_system.train.engine import EngineConfig, Trainer
+    from _common import diffusion_task
+
+    class Task(DiffusionTask):
+        """Keeps a handle on the torch AdamW it creates (DeepSpeed wraps it; its step still runs)."""
+
+        def optimizers(self, modules):
+            self.adamw = super().optimizers(modules)["unet"]
+            return {"unet": self.adamw}
+
+    unet = unet_config(8, 3, parse_ints(args.widths), parse_bools(args.attention), args.layers)
+    base = diffusion_task(unet)
+    task = Task(base.unet_cfg, base.diff_cfg, base.optim_cfg, base.codec, "latent")
+    cfg = EngineConfig(out_dir=args.out_dir, steps=10, batch_size=2, progress=False, log_every=1000)
+    trainer = Trainer(task, [], cfg)
+    result: dict = {}
+    armed = [False]
+
+    def hook(opt, *_):
+        if armed[0]:  # first AdamW call of the armed step (ZeRO-3 calls it once per sub-group)
+            armed[0] = False
+            result.update(snapshot(trainer, opt))
+
+    task.adamw.register_step_pre_hook(hook)
+    z = torch.randn(2, 3, 8, 8)
+    for step in range(3):
+        armed[0] = step == 2
+        trainer.train_step((z,))
+    rank = trainer.accelerator.process_index
+    result.update(rank=rank, world=trainer.accelerator.num_processes)
+    Path(args.out_dir, f"mem_rank{rank}.json").write_text(json.dumps(result))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--modes", default="ddp,zero1,zero2,zero3")
+    ap.add_argument("--widths", default="128,256,512", help="UNet block_out_channels (default ~40M params)")
+    ap.add_argument("--attention", default="0,1,1")
+    ap.add_argument("--layers", type=int, default=1)
+    ap.add_argument("--quick", action="store_true", help="a ~11M-param UNet (64,128,256)")
+    ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--out-dir", default="", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.worker:
+        return worker(args)
+    if args.quick:
+        args.widths, args.attention = "64,128,256", "0,0,1"
+
+    results = {}
+    for mode in args.modes.split(","):
+        with tempfile.TemporaryDirectory() as tmp:
+            accelerate_launch(Path(__file__), ["--worker", "--out-dir", tmp, "--widths", args.widths,
+                                               "--attention", args.attention, "--layers", str(args.layers)],
+                              mode, procs=2)
+            results[mode] = [json.loads(Path(tmp, f"mem_rank{r}.json").read_text()) for r in range(2)]
+        print(f"{mode}: done", file=sys.stderr)
+
+    n = results[next(iter(results))][0]["numel"]
+    print(f"UNet widths {args.widths}, attention {args.attention}, {args.layers} layer(s)/block: "
+          f"{n / 1e6:.2f}M params = {mib(4 * n)} MiB in fp32; 2 ranks; per-rank MiB (rank 0 / rank 1)")
+    cats = ["params", "master", "grads", "optim"]
+    ddp_total = None
+    rows = []
+    for mode, ranks in results.items():
+        b = [r["bytes"] for r in ranks]
+        total = [sum(x.get(c, 0) for c in cats) for x in b]
+        ddp_total = ddp_total or max(total)
+        rows.append([mode, *["/".join(mib(x.get(c, 0)) for x in b) for c in cats],
+                     "/".join(mib(t) for t in total), f"{max(total) / ddp_total:.3f}",
+                     "/".join(mib(x.get("other", 0)) for x in b)])
+    print(table(["mode", "params", "master", "grads", "optim state", "total", "total / DDP (max rank)",
+                 "other buffers (not in total)"], rows))
+    for mode, ranks in results.items():
+        where = sorted(ranks[0]["other_where"].items(), key=lambda kv: -kv[1])[:4]
+        if where:
+            print(f"  {mode} other buffers, rank 0: " + ", ".join(f"{k} {mib(v)} MiB" for k, v in where))
+
+
+if __name__ == "__main__":
+    main()

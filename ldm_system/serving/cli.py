@@ -1,0 +1,301 @@
+"""`ldm sample | invert | edit | interpolate | serve`: thin commands over `LDMPipeline`.
+
+    ldm sample --model M --num 16 --class Sneaker --guidance 3 --out grid.png
+    ldm invert --model M a.png b.png --class Sneaker Bag --fixed-point 2 --out inv/
+    ldm edit --model M shoe.png --source-class Sneaker --target-class Sandal --keep-steps 10 --out edit/
+    ldm edit --model M shoe.png --target-class Sandal --strength 0.6 --out edit/      (SDEdit)
+    ldm interpolate --model M a.png b.png --num 8 --out path.png
+    ldm serve --model M [--host 127.0.0.1 --port 8000]
+
+Bad input raises ValueError / FileNotFoundError, which `ldm_system.cli.main` turns into one line on
+stderr and exit code 2. Cheap checks (files, step counts) run before the model is loaded.
+Input images of another size follow the resize policy in `image_io` (noted on stderr).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from ldm_system.diffusion.samplers import SAMPLERS
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+
+
+# ---- argument checks (before the model loads) --------------------------------------------------
+def _check_positive(name: str, value: int) -> None:
+    if value <= 0:
+        raise ValueError(f"{name} must be positive, got {value}")
+
+
+def _check_image_out(path: str) -> Path:
+    p = Path(path)
+    if p.suffix.lower() not in IMAGE_SUFFIXES:
+        raise ValueError(f"--out {path}: expected an image file name ending in one of {', '.join(IMAGE_SUFFIXES)}")
+    return p
+
+
+def _check_inputs(paths: Sequence[str]) -> None:
+    for p in paths:
+        if not Path(p).is_file():
+            raise FileNotFoundError(f"image not found: {p}")
+
+
+def _load_pipeline(a: argparse.Namespace):
+    from ldm_system.serving.pipeline import LDMPipeline
+
+    torch.manual_seed(a.seed)
+    return LDMPipeline.from_pretrained(a.model, device=a.device)
+
+
+def _load_images(pipe, paths: Sequence[str]) -> torch.Tensor:
+    from ldm_system.serving.image_io import open_image_file
+
+    out = []
+    for p in paths:
+        im = open_image_file(p, pipe.image_size, pipe.image_channels)
+        if im.resized:
+            w, h = im.original_size
+            print(f"note: {p} is {w}x{h}; resized (shorter side) and centre-cropped to "
+                  f"{pipe.image_size}x{pipe.image_size}", file=sys.stderr)
+        out.append(im.tensor)
+    return torch.cat(out).to(pipe.device)
+
+
+def expand_classes(pipe, spec: Sequence[str] | None, n: int, flag: str = "--class") -> list | None:
+    """CLI class list → one class per image: none, "all" (cycle through the classes), one value for
+    every image, or exactly n values. Each value is a class name or an integer id."""
+    if not spec:
+        return None
+    if list(spec) == ["all"]:
+        k = pipe.net.cfg.num_classes
+        if pipe.net.cfg.conditioning != "class":
+            raise ValueError(f"{flag} all: this model is not class-conditional")
+        return [i % k for i in range(n)]
+    if len(spec) == 1:
+        return [spec[0]] * n
+    if len(spec) != n:
+        raise ValueError(f"{flag} takes one value, 'all', or one per image ({n}); got {len(spec)}")
+    return list(spec)
+
+
+def _stem_names(paths: Sequence[str]) -> list[str]:
+    """Unique output stems for the inputs (a.png and dir2/a.png must not overwrite each other)."""
+    seen: dict[str, int] = {}
+    names = []
+    for p in paths:
+        s = Path(p).stem
+        seen[s] = seen.get(s, 0) + 1
+        names.append(s if seen[s] == 1 else f"{s}_{seen[s]}")
+    return names
+
+
+# ---- commands -----------------------------------------------------------------------------------
+def cmd_sample(a: argparse.Namespace) -> int:
+    from ldm_system.images import save_grid
+    from ldm_system.serving.image_io import save_pngs
+    from ldm_system.serving.progress import model_call_progress
+
+    _check_positive("--num", a.num)
+    _check_positive("--steps", a.steps)
+    out = _check_image_out(a.out)
+    pipe = _load_pipeline(a)
+    classes = expand_classes(pipe, a.classes, a.num)
+    with model_call_progress(pipe, a.steps, f"{a.sampler} {a.steps}", enabled=not a.no_progress):
+        images = pipe.sample(a.num, classes=classes, sampler=a.sampler, steps=a.steps, eta=a.eta,
+                             guidance=a.guidance, seed=a.seed)
+    save_grid(images, out, nrow=a.nrow)
+    print(f"wrote {a.num} samples to {out}")
+    if a.individual:
+        folder = Path(a.individual)
+        save_pngs(images, [folder / f"{i:04d}.png" for i in range(a.num)])
+        print(f"wrote {a.num} PNGs to {folder}/")
+    return 0
+
+
+def save_noise(path: Path, x_T: torch.Tensor, meta: dict[str, str]) -> Path:
+    """x_T as safetensors (key "x_T", string metadata) or a torch .pt dict, chosen by suffix."""
+    x_T = x_T.detach().cpu().contiguous()
+    if path.suffix == ".pt":
+        torch.save({"x_T": x_T, **meta}, path)
+    else:
+        from safetensors.torch import save_file
+
+        save_file({"x_T": x_T}, str(path), metadata=meta)
+    return path
+
+
+def cmd_invert(a: argparse.Namespace) -> int:
+    from ldm_system.eval.metrics import psnr
+    from ldm_system.images import save_grid
+    from ldm_system.serving.image_io import save_pngs
+    from ldm_system.serving.progress import invert_evals, model_call_progress
+
+    _check_positive("--steps", a.steps)
+    if a.fixed_point < 0:
+        raise ValueError(f"--fixed-point must be >= 0, got {a.fixed_point}")
+    if a.null_opt and (not a.classes or a.guidance == 1.0):
+        raise ValueError("--null-opt needs --class and --guidance other than 1 (it fits the guided reconstruction)")
+    _check_inputs(a.images)
+    pipe = _load_pipeline(a)
+    images = _load_images(pipe, a.images)
+    classes = expand_classes(pipe, a.classes, len(a.images))
+    total = invert_evals(a.steps, a.fixed_point, a.null_opt)
+    with model_call_progress(pipe, total, f"invert {a.steps}", enabled=not a.no_progress):
+        r = pipe.invert(images, classes=classes, steps=a.steps, fixed_point_iters=a.fixed_point,
+                        guidance=a.guidance, null_optimization=a.null_opt)
+    with torch.no_grad():  # the autoencoder alone bounds what any inversion can reach
+        ae_psnr = psnr((pipe.codec.decode(r.latents).clamp(-1, 1) + 1) / 2, (r.images + 1) / 2).reshape(-1).tolist()
+
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    names = _stem_names(a.images)
+    meta = {"images": json.dumps([str(p) for p in a.images]), "steps": str(a.steps), "model": str(a.model),
+            "classes": json.dumps(classes), "guidance": str(a.guidance), "null_optimization": str(a.null_opt)}
+    noise = save_noise(out / f"x_T.{a.noise_format}", r.x_T, meta)
+    save_pngs(r.reconstruction, [out / f"{n}_recon.png" for n in names])
+    save_grid(torch.cat([r.images, r.reconstruction]), out / "comparison.png", nrow=len(names))
+    rows = [{"image": str(p), "psnr": r.psnr[i], "ssim": r.ssim[i], "latent_mse": r.latent_mse[i],
+             "autoencoder_psnr": ae_psnr[i]} for i, p in enumerate(a.images)]
+    (out / "metrics.json").write_text(json.dumps({"steps": a.steps, "fixed_point_iters": a.fixed_point,
+                                                  "guidance": a.guidance, "null_optimization": a.null_opt,
+                                                  "images": rows}, indent=2))
+    width = max(len(n) for n in names)
+    print(f"{'image':<{width}}  PSNR dB  SSIM    latent MSE  (autoencoder alone: PSNR dB)")
+    for n, row in zip(names, rows):
+        print(f"{n:<{width}}  {row['psnr']:7.2f}  {row['ssim']:.4f}  {row['latent_mse']:.3e}   ({row['autoencoder_psnr']:.2f})")
+    print(f"wrote {noise}, reconstructions and comparison.png (top: input, bottom: reconstruction) to {out}/")
+    return 0
+
+
+def cmd_edit(a: argparse.Namespace) -> int:
+    from ldm_system.images import save_grid
+    from ldm_system.serving.image_io import save_pngs
+    from ldm_system.serving.progress import model_call_progress
+
+    _check_positive("--steps", a.steps)
+    sdedit_mode = a.strength is not None
+    if not sdedit_mode and a.source_class is None:
+        raise ValueError("--source-class is required for a class edit (or pass --strength for SDEdit)")
+    if a.keep_steps is not None and not 0 <= a.keep_steps <= a.steps:
+        raise ValueError(f"--keep-steps must lie in [0, --steps={a.steps}], got {a.keep_steps}")
+    if sdedit_mode and not 0 < a.strength <= 1:
+        raise ValueError(f"--strength must lie in (0, 1], got {a.strength}")
+    _check_inputs(a.images)
+    pipe = _load_pipeline(a)
+    images = _load_images(pipe, a.images)
+    if sdedit_mode:
+        with model_call_progress(pipe, int(a.steps * a.strength), f"sdedit {a.strength}", enabled=not a.no_progress):
+            edited = pipe.sdedit(images, strength=a.strength, target_class=a.target_class, steps=a.steps,
+                                 guidance=a.guidance, seed=a.seed)
+    else:
+        with model_call_progress(pipe, 2 * a.steps, f"edit {a.steps}", enabled=not a.no_progress):
+            edited = pipe.edit(images, source_class=a.source_class, target_class=a.target_class, steps=a.steps,
+                               keep_steps=a.keep_steps, guidance=a.guidance)
+    out = Path(a.out)
+    names = _stem_names(a.images)
+    save_pngs(edited, [out / f"{n}_edit.png" for n in names])
+    save_grid(torch.cat([images, edited]), out / "comparison.png", nrow=len(names))
+    print(f"wrote {len(names)} edited image(s) and comparison.png (top: input, bottom: edit) to {out}/")
+    return 0
+
+
+def cmd_interpolate(a: argparse.Namespace) -> int:
+    from ldm_system.images import save_grid
+    from ldm_system.serving.progress import model_call_progress
+
+    _check_positive("--steps", a.steps)
+    if a.num < 2:
+        raise ValueError(f"--num must be at least 2, got {a.num}")
+    out = _check_image_out(a.out)
+    _check_inputs([a.image_a, a.image_b])
+    pipe = _load_pipeline(a)
+    images = _load_images(pipe, [a.image_a, a.image_b])
+    classes = expand_classes(pipe, a.classes, 2)
+    with model_call_progress(pipe, 2 * a.steps, f"interpolate {a.num}", enabled=not a.no_progress):
+        frames = pipe.interpolate(images[:1], images[1:], num=a.num, steps=a.steps, classes=classes)
+    save_grid(frames, out, nrow=a.num)
+    print(f"wrote {a.num} frames (slerp between the inverted latents) to {out}")
+    return 0
+
+
+def cmd_serve(a: argparse.Namespace) -> int:
+    from ldm_system.serving.server import ServerLimits, serve
+
+    _check_positive("--port", a.port)
+    limits = ServerLimits(max_steps=a.max_steps, max_batch=a.max_batch)
+    serve(a.model, host=a.host, port=a.port, limits=limits, device=a.device)
+    return 0
+
+
+# ---- parser -------------------------------------------------------------------------------------
+def _common(p: argparse.ArgumentParser, steps: int = 50) -> None:
+    p.add_argument("--model", required=True, help="an `ldm export` folder")
+    p.add_argument("--steps", type=int, default=steps, help="sampler steps (default %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="noise seed (DDIM inversion and class edits are deterministic)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def add_serving_commands(sub) -> None:
+    p = sub.add_parser("sample", help="draw images from an exported model")
+    _common(p)
+    p.add_argument("--num", type=int, default=16)
+    p.add_argument("--class", dest="classes", nargs="+", metavar="C",
+                   help="class name or id: one for all images, one per image, or 'all' to cycle (default: unconditional)")
+    p.add_argument("--sampler", default="ddim", choices=sorted(SAMPLERS))
+    p.add_argument("--eta", type=float, default=0.0, help="DDIM stochasticity (0: deterministic)")
+    p.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance scale (1: off)")
+    p.add_argument("--nrow", type=int, default=None, help="images per grid row")
+    p.add_argument("--out", default="samples.png", help="grid image")
+    p.add_argument("--individual", default=None, metavar="DIR", help="also write one PNG per image here")
+    p.set_defaults(fn=cmd_sample)
+
+    p = sub.add_parser("invert", help="DDIM-invert images to noise x_T and reconstruct them")
+    _common(p)
+    p.add_argument("images", nargs="+", metavar="IMAGE")
+    p.add_argument("--class", dest="classes", nargs="+", metavar="C", help="the images' class(es), as for sample")
+    p.add_argument("--fixed-point", type=int, default=0, metavar="K", help="fixed-point refinements per step")
+    p.add_argument("--guidance", type=float, default=1.0, help="reconstruct under this guidance scale")
+    p.add_argument("--null-opt", action="store_true", help="null-condition inversion (fit the guided reconstruction)")
+    p.add_argument("--noise-format", default="safetensors", choices=["safetensors", "pt"])
+    p.add_argument("--out", default="inversion", help="output folder")
+    p.set_defaults(fn=cmd_invert)
+
+    p = sub.add_parser("edit", help="class edit by inversion, or SDEdit with --strength")
+    _common(p)
+    p.add_argument("images", nargs="+", metavar="IMAGE")
+    p.add_argument("--source-class", default=None, help="the image's class (class edits)")
+    p.add_argument("--target-class", required=True)
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--keep-steps", type=int, default=None,
+                      help="first steps that follow the source class (layout); default steps // 5")
+    mode.add_argument("--strength", type=float, default=None, help="SDEdit mode: noise level in (0, 1]")
+    p.add_argument("--guidance", type=float, default=1.0)
+    p.add_argument("--out", default="edit", help="output folder")
+    p.set_defaults(fn=cmd_edit)
+
+    p = sub.add_parser("interpolate", help="slerp between two inverted images")
+    _common(p)
+    p.add_argument("image_a", metavar="IMAGE_A")
+    p.add_argument("image_b", metavar="IMAGE_B")
+    p.add_argument("--num", type=int, default=8, help="frames, ends included")
+    p.add_argument("--class", dest="classes", nargs="+", metavar="C", help="one class for both, or one each")
+    p.add_argument("--out", default="interpolation.png")
+    p.set_defaults(fn=cmd_interpolate)
+
+    p = sub.add_parser("serve", help="HTTP JSON server (sample / invert / edit)")
+    p.add_argument("--model", required=True)
+    p.add_argument("--host", default="127.0.0.1", help="bind address (default: loopback only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--max-steps", type=int, default=200)
+    p.add_argument("--max-batch", type=int, default=16)
+    p.set_defaults(fn=cmd_serve)
+
+
+__all__ = ["add_serving_commands", "expand_classes", "save_noise"]
