@@ -149,8 +149,9 @@ def launch_env(threads: int = 1) -> dict[str, str]:
 
 def accelerate_launch(script: Path, args: list[str], mode: str, procs: int, threads: int = 1,
                       timeout: int = 900) -> subprocess.CompletedProcess:
-    """mode "ddp": DDP over gloo (ACCELERATE_USE_CPU=1 --multi_gpu); "zero1"/"zero2"/"zero3": the
-    project's accelerate configs in launch/accelerate/ (DeepSpeed JSON in launch/deepspeed/)."""
+    """mode "ddp": DDP over gloo (ACCELERATE_USE_CPU=1 --multi_gpu); "zero1"/"zero2"/"zero3": DeepSpeed
+    with the project's JSON in launch/deepspeed/. (Not launch/accelerate/zero3.yaml: accelerate 1.15
+    rejects its `zero3_save_16bit_model` next to a `deepspeed_config_file`.)"""
     cmd = [str(BIN / "accelerate"), "launch", "--num_processes", str(procs), "--num_machines", "1",
            "--main_process_port", str(free_port())]
     env = launch_env(threads)
@@ -158,7 +159,7 @@ def accelerate_launch(script: Path, args: list[str], mode: str, procs: int, thre
         env["ACCELERATE_USE_CPU"] = "1"
         cmd += ["--mixed_precision", "no"] + (["--multi_gpu"] if procs > 1 else [])
     elif mode in ("zero1", "zero2", "zero3"):
-        cmd += ["--config_file", str(ROOT / "launch" / "accelerate" / f"{mode}.yaml")]
+        cmd += ["--use_deepspeed", "--deepspeed_config_file", str(ROOT / "launch" / "deepspeed" / f"{mode}.json")]
     else:
         raise ValueError(f"unknown launch mode {mode!r}")
     cmd += [str(script), *args]

@@ -5,7 +5,7 @@ on 2 ranks, counted from the tensors each rank actually holds during a real `Tra
     python benchmarks/zero_memory.py --modes ddp,zero3 --widths 64,128
 
 Each mode is one `accelerate launch` of this file in `--worker` mode (DDP over gloo; DeepSpeed via
-the project's launch/accelerate/zeroN.yaml + launch/deepspeed/zeroN.json), running the real engine
+the project's launch/deepspeed/zeroN.json), running the real engine
 (`Trainer.train_step` with `DiffusionTask`, fp32, AdamW passed from the client side) on 8x8x3 random
 latents. Memory does not depend on timing, so the modes run one after the other.
 
@@ -52,9 +52,9 @@ class Ledger:
     def __init__(self) -> None:
         self.seen: set[int] = set()
         self.bytes: dict[str, int] = defaultdict(int)
-        self.where: dict[str, int] = defaultdict(int)  # "other" bytes by attribute name
+        self.where: dict[str, int] = defaultdict(int)  # "category: source" -> bytes
 
-    def add(self, category: str, t: object, where: str = "") -> None:
+    def add(self, category: str, t: object, where: str) -> None:
         if not isinstance(t, torch.Tensor):
             return
         s = t.untyped_storage()
@@ -62,8 +62,7 @@ class Ledger:
             return
         self.seen.add(s.data_ptr())
         self.bytes[category] += s.nbytes()
-        if where:
-            self.where[where] += s.nbytes()
+        self.where[f"{category}: {where}"] += s.nbytes()
 
     def add_all(self, category: str, obj: object, where: str = "", depth: int = 4, _visited=None) -> None:
         """Every tensor inside lists / tuples / dicts / DeepSpeed objects, down to `depth` levels."""
@@ -73,7 +72,7 @@ class Ledger:
         visited.add(id(obj))
         if isinstance(obj, torch.Tensor):
             self.add(category, obj, where)
-            self.add(category, obj.grad, where)
+            self.add(category, obj.grad, where + ".grad")
         elif isinstance(obj, dict):
             for v in obj.values():
                 self.add_all(category, v, where, depth - 1, visited)
@@ -82,37 +81,43 @@ class Ledger:
                 self.add_all(category, v, where, depth - 1, visited)
         elif type(obj).__module__.startswith("deepspeed") and hasattr(obj, "__dict__"):
             for k, v in vars(obj).items():
-                self.add_all(category, v, where or k, depth - 1, visited)
+                self.add_all(category, v, where or k.replace("_DeepSpeedZeroOptimizer_Stage3_", ""), depth - 1, visited)
+
+
+def rss_mib() -> dict[str, float]:
+    """Resident set size now and its peak so far (everything in the process: libraries too)."""
+    fields = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines() if ":" in line)
+    return {k: int(fields[k].split()[0]) / 1024 for k in ("VmRSS", "VmHWM")}
 
 
 def snapshot(trainer, adamw: torch.optim.Optimizer) -> dict:
     ledger = Ledger()
     module, raw = trainer.p.modules["unet"], trainer.raw["unet"]
     for p in raw.parameters():
-        ledger.add("params", getattr(p, "ds_tensor", None))
-        ledger.add("params", p)  # empty when ZeRO-3 has released it
+        ledger.add("params", getattr(p, "ds_tensor", None), "ZeRO-3 shards (p.ds_tensor)")
+        ledger.add("params", p, "full parameters" if hasattr(p, "ds_tensor") else "module parameters")
     for g in adamw.param_groups:
         for p in g["params"]:
-            ledger.add("master", p)
+            ledger.add("master", p, "fp32 copies AdamW updates")
     for p in raw.parameters():
-        ledger.add("grads", p.grad)
+        ledger.add("grads", p.grad, "p.grad")
     for g in adamw.param_groups:
         for p in g["params"]:
-            ledger.add("grads", p.grad)
+            ledger.add("grads", p.grad, ".grad of what AdamW updates")
     zero_opt = getattr(module, "optimizer", None)  # the DeepSpeed engine's ZeRO optimizer
     for name in GRAD_STORES:
-        ledger.add_all("grads", getattr(zero_opt, name, None))
+        ledger.add_all("grads", getattr(zero_opt, name, None), name.replace("_DeepSpeedZeroOptimizer_Stage3_", ""))
     for state in adamw.state.values():
         for v in state.values():
-            ledger.add("optim", v)
+            ledger.add("optim", v, "AdamW state")
     if zero_opt is not None:
         ledger.add_all("other", zero_opt)
     elif hasattr(module, "_get_ddp_logging_data"):
         # The reducer's buckets are C++-owned; DDP reports their sizes (bytes) in its logging data.
         buckets = str(module._get_ddp_logging_data().get("bucket_sizes", ""))
         ledger.bytes["other"] += sum(int(b) for b in buckets.split(",") if b.strip())
-        ledger.where["ddp reducer buckets"] = ledger.bytes["other"]
-    return {"bytes": dict(ledger.bytes), "other_where": dict(ledger.where),
+        ledger.where["other: DDP reducer buckets"] = ledger.bytes["other"]
+    return {"bytes": dict(ledger.bytes), "where": dict(ledger.where), "rss": rss_mib(),
             "numel": sum(p.numel() if p.numel() else getattr(p, "ds_numel", 0) for p in raw.parameters())}
 
 
@@ -187,14 +192,14 @@ def main() -> None:
         ddp_total = ddp_total or max(total)
         rows.append([mode, *["/".join(mib(x.get(c, 0)) for x in b) for c in cats],
                      "/".join(mib(t) for t in total), f"{max(total) / ddp_total:.3f}",
-                     "/".join(mib(x.get("other", 0)) for x in b)])
+                     "/".join(mib(x.get("other", 0)) for x in b),
+                     "/".join(f"{r['rss']['VmRSS']:.0f}" for r in ranks)])
     print(table(["mode", "params", "master", "grads", "optim state", "total", "total / DDP (max rank)",
-                 "other buffers (not in total)"], rows))
+                 "other buffers (not in total)", "process RSS"], rows))
+    print("\nWhere the bytes are (rank 0, MiB):")
     for mode, ranks in results.items():
-        where = sorted(ranks[0]["other_where"].items(), key=lambda kv: -kv[1])[:4]
-        if where:
-            print(f"  {mode} other buffers, rank 0: " + ", ".join(f"{k} {mib(v)} MiB" for k, v in where))
-
+        where = sorted(((k, v) for k, v in ranks[0]["where"].items() if v >= 2**16), key=lambda kv: -kv[1])
+        print(f"  {mode}: " + "; ".join(f"{k} {mib(v)}" for k, v in where))
 
 if __name__ == "__main__":
     main()
