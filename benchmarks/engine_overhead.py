@@ -45,7 +45,7 @@ class BareLoop:
         self.alphas_cumprod = task.schedule.alphas_cumprod.float()
 
     def run(self, x0: torch.Tensor, steps: int) -> float:
-        t0 = time.perf_counter()
+        t0 = time.process_time()
         for _ in range(steps):
             t = torch.randint(0, len(self.alphas_cumprod), (x0.shape[0],))
             noise = torch.randn_like(x0)
@@ -56,7 +56,7 @@ class BareLoop:
             loss.backward()
             torch.nn.utils.clip_grad_norm_(self.net.parameters(), 1.0)
             self.opt.step()
-        return time.perf_counter() - t0
+        return time.process_time() - t0
 
 
 class InterleavedStream:
@@ -84,7 +84,7 @@ class InterleavedStream:
                 self.bare_s.append(self.bare.run(self.batch, self.segment))
             if self.profiler:
                 self.profiler.enable()
-            t0 = time.perf_counter()
+            t0 = time.process_time()
             for _ in range(self.segment):
                 yield item
             self.engine_s.append(time.perf_counter() - t0)

@@ -27,10 +27,13 @@ def env() -> dict[str, str]:
 
 
 def accelerate(args: list[str], mode: str, procs: int = 2, timeout: int = 600) -> subprocess.CompletedProcess:
-    """mode: "ddp" (gloo DDP on CPU) or "zero1"/"zero2"/"zero3" (DeepSpeed through accelerate)."""
+    """mode: "ddp" (gloo DDP on CPU), "zero1"/"zero2"/"zero3" (DeepSpeed through accelerate's flags),
+    or "file:launch/accelerate/zero3.yaml" (one of the shipped accelerate config files)."""
     cmd = [str(BIN / "accelerate"), "launch", "--num_processes", str(procs), "--main_process_port", str(free_port())]
     e = env()
-    if mode == "ddp":
+    if mode.startswith("file:"):
+        cmd += ["--config_file", mode.removeprefix("file:")]
+    elif mode == "ddp":
         e["ACCELERATE_USE_CPU"] = "1"
         cmd += ["--multi_gpu"] if procs > 1 else []
     else:

@@ -8,7 +8,6 @@ import (several seconds each) five times over.
 """
 from __future__ import annotations
 
-import dataclasses
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,9 +21,9 @@ DONE = "BUILD_DONE"
 @dataclass(frozen=True)
 class BuildSizes:
     images: int = 2000  # Fashion-MNIST test split, 32x32
-    ae_steps: int = 150
+    ae_steps: int = 60
     ae_batch: int = 16
-    ldm_steps: int = 400
+    ldm_steps: int = 250
     ldm_batch: int = 32
     ldm_lr: float = 1e-3
 
@@ -78,4 +77,4 @@ def build_trained_model(root: Path, sizes: BuildSizes = BuildSizes()) -> Path:
     return export
 
 
-__all__ = ["BuildSizes", "build_trained_model", "dataclasses"]
+__all__ = ["BuildSizes", "build_trained_model"]

@@ -1,0 +1,67 @@
+"""The Python API rejects bad input with clear errors (the CLI and server tests cover their layers)."""
+import pytest
+import torch
+
+from ldm_system.serving.pipeline import LDMPipeline
+
+
+def test_missing_model_folder(tmp_path):
+    with pytest.raises(FileNotFoundError, match="not an exported ldm-system model"):
+        LDMPipeline.from_pretrained(tmp_path / "nope")
+
+
+def test_unknown_class_names_the_known_ones(serving_pipe):
+    with pytest.raises(ValueError, match=r"unknown class 'Hat'; known classes: T-shirt/top, Trouser"):
+        serving_pipe.sample(1, classes=["Hat"], steps=2)
+    with pytest.raises(ValueError, match=r"class ids are 0\.\.9"):
+        serving_pipe.sample(1, classes=[10], steps=2)
+
+
+@pytest.mark.parametrize("steps", [0, -3])
+def test_non_positive_steps(serving_pipe, held_out, steps):
+    with pytest.raises(ValueError, match="steps must be positive"):
+        serving_pipe.sample(1, steps=steps)
+    with pytest.raises(ValueError, match="steps must be positive"):
+        serving_pipe.invert(held_out[0][:1], steps=steps)
+
+
+def test_too_many_steps(serving_pipe):
+    with pytest.raises(ValueError, match="exceeds num_train_timesteps=1000"):
+        serving_pipe.sample(1, steps=1001)
+
+
+def test_wrong_tensor_size_names_the_expected_shape_and_the_loader(serving_pipe):
+    with pytest.raises(ValueError, match=r"images must be \(B, 1, 32, 32\), got \(1, 1, 28, 28\).*resize"):
+        serving_pipe.invert(torch.zeros(1, 1, 28, 28))
+    with pytest.raises(ValueError, match=r"images must be \(B, 1, 32, 32\)"):
+        serving_pipe.edit(torch.zeros(1, 3, 32, 32), source_class=0, target_class=1)
+
+
+def test_files_follow_the_resize_policy(serving_pipe, held_out_files, tmp_path):
+    """Files of another size are resized (shorter side) and centre-cropped, not rejected."""
+    from PIL import Image
+
+    wide = tmp_path / "wide.png"
+    Image.new("L", (64, 40), 200).save(wide)
+    x = serving_pipe.load_images([held_out_files[0][0], wide])
+    assert x.shape == (2, 1, 32, 32)
+    assert torch.allclose(x[1], torch.full_like(x[1], 200 / 127.5 - 1), atol=1e-3)
+
+
+def test_missing_and_unreadable_files(serving_pipe, tmp_path):
+    with pytest.raises(FileNotFoundError, match="image not found"):
+        serving_pipe.load_images([tmp_path / "missing.png"])
+    bad = tmp_path / "bad.png"
+    bad.write_text("not a png")
+    with pytest.raises(ValueError, match="cannot read image"):
+        serving_pipe.load_images([bad])
+
+
+def test_class_count_must_match_the_batch(serving_pipe):
+    with pytest.raises(ValueError, match="got 2 classes for 3 images"):
+        serving_pipe.sample(3, classes=[0, 1], steps=2)
+
+
+def test_null_optimization_needs_guidance(serving_pipe, held_out):
+    with pytest.raises(ValueError, match="null-condition inversion needs"):
+        serving_pipe.invert(held_out[0][:1], classes=[0], steps=2, null_optimization=True)
