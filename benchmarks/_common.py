@@ -85,22 +85,39 @@ class Contender:
 
 
 def interleave(contenders: list[Contender], repeats: int, warmup: bool = True,
-               log: Callable[[str], None] | None = print) -> dict[str, list[float]]:
-    """images/s of every segment of every contender, run in alternating order (ABC CBA ABC ...)."""
+               log: Callable[[str], None] | None = print) -> dict[str, dict[str, list[float]]]:
+    """images/s of every segment of every contender, run in alternating order (ABC CBA ABC ...).
+
+    Returns {name: {"wall": [...], "cpu": [...]}}: per wall-clock second and per second of this
+    process's CPU time. CPU time leaves out the time other processes hold the cores (not their
+    effect on shared caches or sibling hyper-threads); with 1 thread it is the steadier of the two.
+    """
     if warmup:  # first calls pay for allocator growth and lazy init
         for c in contenders:
             c.run()
-    rates: dict[str, list[float]] = {c.name: [] for c in contenders}
+    rates = {c.name: {"wall": [], "cpu": []} for c in contenders}
     for r in range(repeats):
         order = contenders if r % 2 == 0 else contenders[::-1]
         for c in order:
-            t0 = time.perf_counter()
+            w0, c0 = time.perf_counter(), time.process_time()
             n = c.run()
-            dt = time.perf_counter() - t0
-            rates[c.name].append(n / dt)
+            rates[c.name]["wall"].append(n / (time.perf_counter() - w0))
+            rates[c.name]["cpu"].append(n / (time.process_time() - c0))
         if log:
-            log(f"  repeat {r + 1}/{repeats}: " + ", ".join(f"{k} {v[-1]:.2f} img/s" for k, v in rates.items()))
+            log(f"  repeat {r + 1}/{repeats}: " + ", ".join(f"{k} {v['wall'][-1]:.2f} img/s" for k, v in rates.items()))
     return rates
+
+
+def ratio_rows(rates: dict[str, dict[str, list[float]]], base: str, invert: bool = False) -> list[list[object]]:
+    """Table rows: per clock, each contender's median images/s and its median per-repeat ratio to
+    `base` (contender / base, or base / contender with `invert`)."""
+    rows = []
+    for kind in ("wall", "cpu"):
+        for name, r in rates.items():
+            b = rates[base][kind]
+            ratio = [(y / x if invert else x / y) for x, y in zip(r[kind], b)]
+            rows.append([name, kind, median(r[kind]), spread(r[kind]), f"{median(ratio):.2f}x"])
+    return rows
 
 
 def median(values: list[float]) -> float:
@@ -148,10 +165,10 @@ def launch_env(threads: int = 1) -> dict[str, str]:
 
 
 def accelerate_launch(script: Path, args: list[str], mode: str, procs: int, threads: int = 1,
-                      timeout: int = 900) -> subprocess.CompletedProcess:
+                      timeout: int = 900, ds_json: str | Path | None = None) -> subprocess.CompletedProcess:
     """mode "ddp": DDP over gloo (ACCELERATE_USE_CPU=1 --multi_gpu); "zero1"/"zero2"/"zero3": DeepSpeed
     with the project's JSON in launch/deepspeed/. (Not launch/accelerate/zero3.yaml: accelerate 1.15
-    rejects its `zero3_save_16bit_model` next to a `deepspeed_config_file`.)"""
+    rejects its `zero3_save_16bit_model` next to a `deepspeed_config_file`.) `ds_json` replaces that JSON."""
     cmd = [str(BIN / "accelerate"), "launch", "--num_processes", str(procs), "--num_machines", "1",
            "--main_process_port", str(free_port())]
     env = launch_env(threads)
@@ -159,7 +176,8 @@ def accelerate_launch(script: Path, args: list[str], mode: str, procs: int, thre
         env["ACCELERATE_USE_CPU"] = "1"
         cmd += ["--mixed_precision", "no"] + (["--multi_gpu"] if procs > 1 else [])
     elif mode in ("zero1", "zero2", "zero3"):
-        cmd += ["--use_deepspeed", "--deepspeed_config_file", str(ROOT / "launch" / "deepspeed" / f"{mode}.json")]
+        ds_json = ds_json or ROOT / "launch" / "deepspeed" / f"{mode}.json"
+        cmd += ["--use_deepspeed", "--deepspeed_config_file", str(ds_json)]
     else:
         raise ValueError(f"unknown launch mode {mode!r}")
     cmd += [str(script), *args]

@@ -26,8 +26,8 @@ import dataclasses
 import torch
 import yaml
 
-from _common import (ROOT, Contender, TaskStepper, diffusion_task, interleave, median, num_params, parse_bools,
-                     parse_ints, set_threads, spread, table, unet_config)
+from _common import (ROOT, Contender, TaskStepper, diffusion_task, interleave, num_params, parse_bools, parse_ints,
+                     ratio_rows, set_threads, table, unet_config)
 from autoencoders.config import AutoencoderConfig, preset
 from autoencoders.factory import build_autoencoder
 from ldm_system.config import from_dict
@@ -89,14 +89,9 @@ def main() -> None:
     for n in notes:
         print("  " + n)
     rates = interleave(contenders, args.repeats)
-    base = rates["pre-encoded"]
-    rows = []
-    for name, r in rates.items():
-        per_repeat = [b / o for b, o in zip(base, r)]  # how many times faster pre-encoded is, per repeat
-        rows.append([name, median(r), spread(r), "1x" if name == "pre-encoded" else f"{median(per_repeat):.2f}x"])
     print()
-    print(table(["data", "images/s (median)", "segments min–max", "pre-encoded speed-up"], rows))
-
+    print(table(["data", "clock", "images/s (median)", "segments min–max", "pre-encoded speed-up (median per repeat)"],
+                ratio_rows(rates, "pre-encoded", invert=True)))
 
 def _segment(stepper: TaskStepper, data: torch.Tensor, steps: int, batch: int):
     def run() -> int:

@@ -1,8 +1,8 @@
 """Training images/s of 2-rank DDP (gloo) vs 1 rank with the per-rank batch fixed, through the real
 engine (`Trainer.train_step` with `DiffusionTask`), launched alternately in one run.
 
-    python benchmarks/scaling.py                 # 3 repeats of each launch, ~3 min
-    python benchmarks/scaling.py --quick         # 2 repeats, fewer steps
+    python benchmarks/scaling.py                 # 2 launches of each contender, ~3-4 min
+    python benchmarks/scaling.py --quick         # 1 launch each, 10 timed steps
     python benchmarks/scaling.py --two-threads   # adds "1 rank x 2 threads" as a third contender
 
 Read this as a correctness check, not a scaling claim: the machine has 2 CPU cores, shared with the
@@ -60,18 +60,18 @@ def main() -> None:
     ap.add_argument("--widths", default="64,128")
     ap.add_argument("--attention", default="0,1")
     ap.add_argument("--layers", type=int, default=2)
-    ap.add_argument("--steps", type=int, default=20, help="timed steps per launch")
+    ap.add_argument("--steps", type=int, default=30, help="timed steps per launch")
     ap.add_argument("--warmup", type=int, default=3)
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=2, help="launches per contender (each pays ~30 s of start-up)")
     ap.add_argument("--two-threads", action="store_true", help="also run 1 rank with 2 intra-op threads")
-    ap.add_argument("--quick", action="store_true", help="2 repeats, 10 timed steps")
+    ap.add_argument("--quick", action="store_true", help="1 launch each, 10 timed steps")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--out-dir", default="", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
         return worker(args)
     if args.quick:
-        args.repeats, args.steps = 2, 10
+        args.repeats, args.steps = 1, 10
 
     contenders = [("1 rank x 1 thread", 1, 1), ("2 ranks (DDP, gloo) x 1 thread", 2, 1)]
     if args.two_threads:

@@ -1,8 +1,9 @@
 """Per-rank bytes of parameters, gradients and optimizer state under DDP, ZeRO-1, ZeRO-2 and ZeRO-3
 on 2 ranks, counted from the tensors each rank actually holds during a real `Trainer` step.
 
-    python benchmarks/zero_memory.py                 # 4 launches of 2 processes, ~3-4 min
-    python benchmarks/zero_memory.py --modes ddp,zero3 --widths 64,128
+    python benchmarks/zero_memory.py                 # 4 launches of 2 processes, ~3 min
+    python benchmarks/zero_memory.py --quick         # DDP and ZeRO-3 only
+    python benchmarks/zero_memory.py --widths 128,256,512 --attention 0,1,1
 
 Each mode is one `accelerate launch` of this file in `--worker` mode (DDP over gloo; DeepSpeed via
 the project's launch/deepspeed/zeroN.json), running the real engine
@@ -42,6 +43,7 @@ import torch
 
 from _common import accelerate_launch, mib, parse_bools, parse_ints, table, unet_config
 
+MASTER_STORES = ("single_partition_of_fp32_groups", "fp32_partitioned_groups_flat")  # DeepSpeed ZeRO-1/2, ZeRO-3
 GRAD_STORES = ("averaged_gradients", "grads_in_partition", "grad_partitions_flat_buffer",
                "_DeepSpeedZeroOptimizer_Stage3__param_id_to_grad_partition")
 
@@ -96,15 +98,18 @@ def snapshot(trainer, adamw: torch.optim.Optimizer) -> dict:
     for p in raw.parameters():
         ledger.add("params", getattr(p, "ds_tensor", None), "ZeRO-3 shards (p.ds_tensor)")
         ledger.add("params", p, "full parameters" if hasattr(p, "ds_tensor") else "module parameters")
+    zero_opt = getattr(module, "optimizer", None)  # the DeepSpeed engine's ZeRO optimizer
     for g in adamw.param_groups:
         for p in g["params"]:
             ledger.add("master", p, "fp32 copies AdamW updates")
+    for name in MASTER_STORES:  # ZeRO-3 empties AdamW's param_groups outside its step
+        for p in getattr(zero_opt, name, None) or []:
+            ledger.add("master", p, name)
     for p in raw.parameters():
         ledger.add("grads", p.grad, "p.grad")
     for g in adamw.param_groups:
         for p in g["params"]:
             ledger.add("grads", p.grad, ".grad of what AdamW updates")
-    zero_opt = getattr(module, "optimizer", None)  # the DeepSpeed engine's ZeRO optimizer
     for name in GRAD_STORES:
         ledger.add_all("grads", getattr(zero_opt, name, None), name.replace("_DeepSpeedZeroOptimizer_Stage3_", ""))
     for state in adamw.state.values():
@@ -139,18 +144,20 @@ def worker(args) -> None:
     cfg = EngineConfig(out_dir=args.out_dir, steps=10, batch_size=2, progress=False, log_every=1000)
     trainer = Trainer(task, [], cfg)
     result: dict = {}
-    armed = [False]
+    armed = {"forward": False, "step": False}
 
-    def hook(opt, *_):
-        if armed[0]:  # first AdamW call of the armed step (ZeRO-3 calls it once per sub-group)
-            armed[0] = False
-            result.update(snapshot(trainer, opt))
+    def take(phase):
+        if armed[phase]:  # only the first call in the armed step (ZeRO-3 steps AdamW once per sub-group)
+            armed[phase] = False
+            result[phase] = snapshot(trainer, task.adamw)
 
-    task.adamw.register_step_pre_hook(hook)
+    task.adamw.register_step_pre_hook(lambda *_: take("step"))
+    trainer.raw["unet"].register_forward_hook(lambda *_: take("forward"))  # gathered params in flight
     z = torch.randn(2, 3, 8, 8)
     for step in range(3):
-        armed[0] = step == 2
+        armed["forward"] = armed["step"] = step == 2
         trainer.train_step((z,))
+    result["between"] = snapshot(trainer, task.adamw)  # after zero_grad: what stays for the whole run
     rank = trainer.accelerator.process_index
     result.update(rank=rank, world=trainer.accelerator.num_processes)
     Path(args.out_dir, f"mem_rank{rank}.json").write_text(json.dumps(result))
@@ -159,47 +166,67 @@ def worker(args) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--modes", default="ddp,zero1,zero2,zero3")
-    ap.add_argument("--widths", default="128,256,512", help="UNet block_out_channels (default ~40M params)")
-    ap.add_argument("--attention", default="0,1,1")
+    ap.add_argument("--widths", default="64,128,256", help="UNet block_out_channels (default: 10.9M params)")
+    ap.add_argument("--attention", default="0,0,1")
     ap.add_argument("--layers", type=int, default=1)
-    ap.add_argument("--quick", action="store_true", help="a ~11M-param UNet (64,128,256)")
+    ap.add_argument("--zero3-json", default="", help="a DeepSpeed JSON to use instead of launch/deepspeed/zero3.json")
+    ap.add_argument("--quick", action="store_true", help="only DDP and ZeRO-3")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--out-dir", default="", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
         return worker(args)
     if args.quick:
-        args.widths, args.attention = "64,128,256", "0,0,1"
+        args.modes = "ddp,zero3"
 
     results = {}
     for mode in args.modes.split(","):
         with tempfile.TemporaryDirectory() as tmp:
             accelerate_launch(Path(__file__), ["--worker", "--out-dir", tmp, "--widths", args.widths,
                                                "--attention", args.attention, "--layers", str(args.layers)],
-                              mode, procs=2)
+                              mode, procs=2, ds_json=args.zero3_json if mode == "zero3" and args.zero3_json else None)
             results[mode] = [json.loads(Path(tmp, f"mem_rank{r}.json").read_text()) for r in range(2)]
         print(f"{mode}: done", file=sys.stderr)
 
-    n = results[next(iter(results))][0]["numel"]
+    n = results[next(iter(results))][0]["step"]["numel"]
     print(f"UNet widths {args.widths}, attention {args.attention}, {args.layers} layer(s)/block: "
-          f"{n / 1e6:.2f}M params = {mib(4 * n)} MiB in fp32; 2 ranks; per-rank MiB (rank 0 / rank 1)")
+          f"{n / 1e6:.2f}M params = {mib(4 * n)} MiB in fp32; 2 ranks")
     cats = ["params", "master", "grads", "optim"]
-    ddp_total = None
+
+    def total(b: dict) -> int:
+        return sum(b.get(c, 0) for c in cats)
+
+    print("\nAt AdamW's step (grads and moments both alive), per-rank MiB, rank 0 / rank 1:")
+    ddp = max(total(r["step"]["bytes"]) for r in next(iter(results.values())))
     rows = []
     for mode, ranks in results.items():
-        b = [r["bytes"] for r in ranks]
-        total = [sum(x.get(c, 0) for c in cats) for x in b]
-        ddp_total = ddp_total or max(total)
-        rows.append([mode, *["/".join(mib(x.get(c, 0)) for x in b) for c in cats],
-                     "/".join(mib(t) for t in total), f"{max(total) / ddp_total:.3f}",
-                     "/".join(mib(x.get("other", 0)) for x in b),
-                     "/".join(f"{r['rss']['VmRSS']:.0f}" for r in ranks)])
-    print(table(["mode", "params", "master", "grads", "optim state", "total", "total / DDP (max rank)",
-                 "other buffers (not in total)", "process RSS"], rows))
-    print("\nWhere the bytes are (rank 0, MiB):")
+        b = [r["step"]["bytes"] for r in ranks]
+        rows.append([mode, *["/".join(mib(x.get(c, 0)) for x in b) for c in cats], "/".join(mib(total(x)) for x in b),
+                     f"{max(total(x) for x in b) / ddp:.3f}", "/".join(mib(x.get("other", 0)) for x in b),
+                     "/".join(f"{r['step']['rss']['VmRSS']:.0f}" for r in ranks)])
+    print(table(["mode", "params", "master", "grads", "optim state", "total", "total / DDP", "other buffers (not in total)",
+                 "process RSS"], rows))
+
+    print("\nOther moments of the same step, rank 0 MiB (params+master+grads+optim; ratio to the first mode):")
+    rows = []
+    first = {ph: total(next(iter(results.values()))[0][ph]["bytes"]) for ph in ("forward", "between")}
     for mode, ranks in results.items():
-        where = sorted(((k, v) for k, v in ranks[0]["where"].items() if v >= 2**16), key=lambda kv: -kv[1])
+        f, btw = ranks[0]["forward"]["bytes"], ranks[0]["between"]["bytes"]
+        rows.append([mode, mib(f.get("params", 0)), mib(total(f)), f"{total(f) / first['forward']:.3f}",
+                     mib(total(btw)), f"{total(btw) / first['between']:.3f}", mib(btw.get("grads", 0)), mib(btw.get("other", 0))])
+    print(table(["mode", "params at end of forward", "total at end of forward", "ratio", "total between steps", "ratio",
+                 "grads between steps", "other between steps"], rows))
+
+    print("\nWhere the bytes are at the step (rank 0, MiB; entries >= 64 KiB):")
+    for mode, ranks in results.items():
+        where = sorted(((k, v) for k, v in ranks[0]["step"]["where"].items() if v >= 2**16), key=lambda kv: -kv[1])
         print(f"  {mode}: " + "; ".join(f"{k} {mib(v)}" for k, v in where))
+    print("Between steps, where it differs from the step:")
+    for mode, ranks in results.items():
+        step, btw = ranks[0]["step"]["where"], ranks[0]["between"]["where"]
+        diff = [(k, v) for k, v in btw.items() if v >= 2**16 and abs(v - step.get(k, 0)) >= 2**16]
+        diff += [(k, 0) for k, v in step.items() if v >= 2**16 and k not in btw]
+        print(f"  {mode}: " + ("; ".join(f"{k} {mib(v)}" for k, v in sorted(diff)) or "same"))
 
 if __name__ == "__main__":
     main()

@@ -69,7 +69,9 @@ def build_unet(cfg: UNetConfig) -> nn.Module:
             down_block_types=down,
             up_block_types=up,
             cross_attention_dim=cfg.cross_attention_dim,
-            attention_head_dim=cfg.attention_head_dim,
+            # UNet2DConditionModel reads `attention_head_dim` as the number of heads (a legacy name),
+            # so convert our per-head width into a head count per resolution.
+            attention_head_dim=tuple(max(1, c // cfg.attention_head_dim) for c in cfg.block_out_channels),
             dropout=cfg.dropout,
         )
     down = tuple("AttnDownBlock2D" if a else "DownBlock2D" for a in cfg.attention_levels)

@@ -105,9 +105,11 @@ def cmd_sample(a: argparse.Namespace) -> int:
     out = _check_image_out(a.out)
     pipe = _load_pipeline(a)
     classes = expand_classes(pipe, a.classes, a.num)
+    # Unconditional draws: guidance would mix the null output with itself, at twice the cost.
+    guidance = a.guidance if classes is not None else 1.0
     with model_call_progress(pipe, a.steps, f"{a.sampler} {a.steps}", enabled=not a.no_progress):
         images = pipe.sample(a.num, classes=classes, sampler=a.sampler, steps=a.steps, eta=a.eta,
-                             guidance=a.guidance, seed=a.seed)
+                             guidance=guidance, seed=a.seed)
     save_grid(images, out, nrow=a.nrow)
     print(f"wrote {a.num} samples to {out}")
     if a.individual:
@@ -155,7 +157,8 @@ def cmd_invert(a: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     names = _stem_names(a.images)
     meta = {"images": json.dumps([str(p) for p in a.images]), "steps": str(a.steps), "model": str(a.model),
-            "classes": json.dumps(classes), "guidance": str(a.guidance), "null_optimization": str(a.null_opt)}
+            "classes": json.dumps(None if classes is None else [pipe.class_id(c) for c in classes]),
+            "guidance": str(a.guidance), "null_optimization": str(a.null_opt)}
     noise = save_noise(out / f"x_T.{a.noise_format}", r.x_T, meta)
     save_pngs(r.reconstruction, [out / f"{n}_recon.png" for n in names])
     save_grid(torch.cat([r.images, r.reconstruction]), out / "comparison.png", nrow=len(names))

@@ -4,6 +4,8 @@
     OUT/vae/                  diffusers `AutoencoderKL` with `scaling_factor` = latent scale (KL only)
     OUT/autoencoder/          our stage-1 checkpoint (KL or VQ), used by ldm sample/invert/edit
     OUT/scheduler/            diffusers `DDIMScheduler` config with the training noise schedule
+    OUT/text_encoder/         transformers `CLIPTextModel` (text models only)
+    OUT/tokenizer/            its tokenizer (text models only)
     OUT/ldm.json              our metadata: UNet and diffusion configs, latent scale, class names
 
 The weights come from the checkpoint's consolidated `weights/` (gathered from ZeRO-3 shards when
@@ -50,6 +52,7 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, use_ema: bool
     ae_path = meta.get("autoencoder") or ""
     if ae_path:
         _copy_autoencoder(Path(ae_path), out)
+    text = _copy_text_encoder(meta.get("text_encoder"), out) if cfg.unet.conditioning == "text" else None
     info = {
         "format": "ldm-system/model",
         "version": 1,
@@ -61,6 +64,7 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, use_ema: bool
         "step": int(trainer["step"]),
         "source_checkpoint": str(ckpt.resolve()),
         "has_autoencoder": bool(ae_path),
+        "text_encoder": text,  # {source, max_length, hidden_size} or None
     }
     (out / LDM_META).write_text(json.dumps(info, indent=2))
     return out
@@ -81,6 +85,22 @@ def resolve_checkpoint(path: str | Path) -> Path:
     if not p.is_dir():
         raise FileNotFoundError(f"{path}: no such checkpoint")
     return p
+
+
+def _copy_text_encoder(info: dict | None, out: Path) -> dict:
+    """Re-save the run's text encoder as OUT/text_encoder + OUT/tokenizer (whatever layout it came in)."""
+    from ldm_system.models.text import TextEncoder
+
+    if not info or not info.get("source"):
+        raise ValueError("the checkpoint records no text encoder; cannot export a text-conditioned model without it")
+    src = Path(info["source"])
+    if not src.is_dir():
+        raise FileNotFoundError(f"the run's text encoder {src} is gone; cannot export a text model without it")
+    enc = TextEncoder.from_pretrained(src, int(info["max_length"]))
+    if enc.hidden_size != int(info["hidden_size"]):
+        raise ValueError(f"the text encoder at {src} now has hidden size {enc.hidden_size}, the run used {info['hidden_size']}")
+    enc.save_pretrained(out)
+    return enc.describe()
 
 
 def _copy_autoencoder(src: Path, out: Path) -> None:

@@ -2,6 +2,7 @@
 
     pipe = LDMPipeline.from_pretrained("outputs/demo/model")
     images = pipe.sample(8, classes=["Sneaker"] * 8, steps=50, guidance=3.0, seed=0)   # (8, C, H, W) in [-1, 1]
+    images = text_pipe.sample(2, prompts=["Sneaker", "Bag"], guidance=3.0)             # text models
     inv = pipe.invert(images, classes=..., steps=50)                                   # x_T + reconstruction + PSNR
     edited = pipe.edit(image, source_class="Sneaker", target_class="Sandal", keep_steps=20)
     frames = pipe.interpolate(img_a, img_b, num=8)
@@ -27,6 +28,7 @@ from ldm_system.diffusion.loop import sample
 from ldm_system.diffusion.null_inversion import null_condition_inversion
 from ldm_system.diffusion.samplers import SamplerConfig, make_sampler
 from ldm_system.models.latent import LatentCodec
+from ldm_system.models.text import TextEncoder, check_cross_attention_dim
 from ldm_system.models.unet import Denoiser, UNetConfig
 from ldm_system.serving.export import LDM_META
 
@@ -47,9 +49,14 @@ class InversionResult:
 
 class LDMPipeline:
     def __init__(self, denoiser: Denoiser, codec: LatentCodec, diffusion: DiffusionConfig,
-                 classes: Sequence[str] = (), image_size: int | None = None, image_channels: int | None = None) -> None:
+                 classes: Sequence[str] = (), image_size: int | None = None, image_channels: int | None = None,
+                 text: TextEncoder | None = None) -> None:
         self.net = denoiser.eval().requires_grad_(False)
-        self.codec, self.diffusion = codec, diffusion
+        self.codec, self.diffusion, self.text = codec, diffusion, text
+        if denoiser.cfg.conditioning == "text":
+            if text is None:
+                raise ValueError("a text-conditioned UNet needs its text encoder")
+            check_cross_attention_dim(denoiser.cfg.cross_attention_dim, text)
         self.schedule = diffusion.schedule()
         self.classes = list(classes)
         u = denoiser.cfg
@@ -75,13 +82,33 @@ class LDMPipeline:
         codec = LatentCodec.from_checkpoint(path / "autoencoder", sample_posterior=False) if meta.get("has_autoencoder") else LatentCodec.identity()
         if abs(codec.scale - float(meta["latent_scale"])) > 1e-6 * max(1.0, codec.scale):
             raise ValueError(f"{path}: latent scale in {LDM_META} ({meta['latent_scale']}) differs from the autoencoder's ({codec.scale})")
+        text = None
+        if ucfg.conditioning == "text":
+            if not meta.get("text_encoder"):
+                raise ValueError(f"{path}: a text-conditioned model without a text encoder in {LDM_META}; re-export it")
+            text = TextEncoder.from_pretrained(path, int(meta["text_encoder"]["max_length"])).to(device)
         den = Denoiser(ucfg, unet).to(device)
         codec.to(device)
-        return cls(den, codec, dcfg, meta.get("classes", []))
+        return cls(den, codec, dcfg, meta.get("classes", []), text=text)
 
     # ---- helpers ---------------------------------------------------------------------------
     def model_fn(self, x: torch.Tensor, t: torch.Tensor, cond):
         return self.net(x, t, cond)
+
+    def condition(self, classes: Sequence[ClassSpec] | None, prompts: Sequence[str] | None, n: int):
+        """Class ids (n,) for class models, prompt states (n, L, D) for text models (no prompts: the
+        empty prompt, i.e. unconditional), None for unconditional models."""
+        if self.net.cfg.conditioning != "text":
+            if prompts is not None:
+                raise ValueError("this model is not text-conditional; pass classes, not prompts")
+            return self.class_ids(classes, n)
+        if classes is not None and any(c is not None for c in classes):
+            raise ValueError("this model is text-conditional; pass prompts, not classes")
+        if prompts is None:
+            prompts = [""] * n
+        if isinstance(prompts, str) or len(prompts) != n:
+            raise ValueError(f"give a list of {n} prompts, got {prompts!r}")
+        return self.text.encode(prompts)
 
     def class_ids(self, classes: Sequence[ClassSpec] | None, n: int) -> torch.Tensor | None:
         if self.net.cfg.conditioning != "class":
@@ -114,6 +141,8 @@ class LDMPipeline:
     def _guidance(self, scale: float, cond) -> Guidance | None:
         if cond is None or scale == 1.0:
             return None
+        if self.net.cfg.conditioning == "text":  # the empty prompt's states (1, L, D), broadcast: one batched call
+            return Guidance(scale=scale, null_cond=self.text.null())
         null = torch.full((1,), self.net.null_class, dtype=torch.long, device=self.device)
         return Guidance(scale=scale, null_cond=null)
 
@@ -136,10 +165,11 @@ class LDMPipeline:
     # ---- sampling --------------------------------------------------------------------------
     @torch.no_grad()
     def sample(self, num: int, classes: Sequence[ClassSpec] | None = None, sampler: str = "ddim", steps: int = 50,
-               eta: float = 0.0, guidance: float = 1.0, seed: int = 0, progress: bool = False) -> torch.Tensor:
+               eta: float = 0.0, guidance: float = 1.0, seed: int = 0, progress: bool = False,
+               prompts: Sequence[str] | None = None) -> torch.Tensor:
         if num <= 0:
             raise ValueError(f"num must be positive, got {num}")
-        cond = self.class_ids(classes, num)
+        cond = self.condition(classes, prompts, num)
         s = self._sampler(sampler, steps, eta)
         gen = torch.Generator(device="cpu").manual_seed(seed)
         z = sample(self.model_fn, s, self.latent_shape(num), num_steps=steps, cond=cond,
@@ -156,14 +186,14 @@ class LDMPipeline:
         `null_optimization` fits per-step null-class embeddings (null-condition inversion).
         """
         images = self.check_images(images)
-        cond = self.class_ids(classes, images.shape[0])
+        cond = self.condition(classes, None, images.shape[0])  # text models: the empty prompt
         z0 = self.codec.encode(images)
         s = self._sampler("ddim", steps)
         with torch.no_grad():
             inv = ddim_invert(self.model_fn, s, z0, num_steps=steps, cond=cond, fixed_point_iters=fixed_point_iters)
         g = self._guidance(guidance, cond)
         if null_optimization:
-            if cond is None or guidance == 1.0:
+            if self.net.cfg.conditioning != "class" or cond is None or guidance == 1.0:
                 raise ValueError("null-condition inversion needs a class-conditional model, classes and guidance != 1")
             null = self.net.class_embedding(torch.tensor([self.net.null_class], device=self.device))
             ids_emb = self.net.class_embedding(cond).detach()
@@ -211,7 +241,7 @@ class LDMPipeline:
                steps: int = 50, guidance: float = 1.0, seed: int = 0) -> torch.Tensor:
         images = self.check_images(images)
         n = images.shape[0]
-        cond = self.class_ids(None if target_class is None else [target_class] * n, n)
+        cond = self.condition(None if target_class is None else [target_class] * n, None, n)
         z0 = self.codec.encode(images)
         gen = torch.Generator(device="cpu").manual_seed(seed)
         z = sdedit(self.model_fn, self._sampler("ddim", steps), z0, num_steps=steps, strength=strength, cond=cond,
@@ -225,15 +255,15 @@ class LDMPipeline:
         if num < 2:
             raise ValueError(f"num must be at least 2, got {num}")
         images = self.check_images(torch.cat([image_a, image_b]))
-        cond = self.class_ids(classes, 2)
+        cond = self.condition(classes, None, 2)
         z0 = self.codec.encode(images)
         s = self._sampler("ddim", steps)
         xT = ddim_invert(self.model_fn, s, z0, num_steps=steps, cond=cond).x_T
         alphas = torch.linspace(0, 1, num, dtype=torch.float64)
         xs = torch.cat([slerp(xT[:1], xT[1:], float(a)) for a in alphas]).to(xT.dtype)
         c = None
-        if cond is not None:  # blend the two class embeddings linearly along the path
-            e = self.net.class_embedding(cond)
+        if cond is not None:  # blend the two class embeddings (or prompt states) linearly along the path
+            e = cond if cond.is_floating_point() else self.net.class_embedding(cond)
             c = torch.stack([(1 - float(a)) * e[0] + float(a) * e[1] for a in alphas])
         z = sample(self.model_fn, s, xs.shape, num_steps=steps, cond=c, x_T=xs)
         return self.codec.decode(z).clamp(-1, 1)

@@ -131,7 +131,7 @@ class _Handlers:
         with self.lock:
             t0 = time.perf_counter()
             images = self.pipe.sample(r.num, classes=classes, sampler=r.sampler, steps=r.steps, eta=r.eta,
-                                      guidance=r.guidance, seed=r.seed)
+                                      guidance=r.guidance if classes is not None else 1.0, seed=r.seed)
             seconds = time.perf_counter() - t0
         return {"images": tensor_to_b64png(images), "size": self.pipe.image_size, "seconds": seconds}
 

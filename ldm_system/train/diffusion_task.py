@@ -9,6 +9,7 @@ Inputs come in two forms, declared by the data manifest (see `ldm_system/data/en
             sample), or used directly for pixel-space diffusion when there is no autoencoder.
 
 The latent scale always comes from the autoencoder/manifest metadata, never a literal.
+Text models get a frozen `TextEncoder` (models/text.py): captions → (B, L, D) encoder states.
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from ldm_system.diffusion.loop import sample
 from ldm_system.diffusion.samplers import SamplerConfig, make_sampler
 from ldm_system.diffusion.targets import diffusion_loss, offset_noise, sample_timesteps
 from ldm_system.models.latent import LatentCodec
+from ldm_system.models.text import TextEncoder, check_cross_attention_dim, drop_captions
 from ldm_system.models.unet import Denoiser, UNetConfig
 
 
@@ -54,12 +56,19 @@ class DiffusionTask:
         preview: PreviewConfig = PreviewConfig(),
         init_unet: nn.Module | None = None,
         info: dict[str, Any] | None = None,
+        text: TextEncoder | None = None,
     ) -> None:
         self.unet_cfg, self.diff_cfg, self.optim_cfg, self.preview_cfg = unet, diffusion, optim, preview
         self.codec, self.input_kind = codec, input_kind
         self.schedule = diffusion.schedule()
         self.init_unet = init_unet
         self.info = dict(info or {})  # provenance recorded in checkpoints (classes, autoencoder path)
+        self.text = text  # frozen, never wrapped or prepared: not one of build()'s modules
+        if unet.conditioning == "text":
+            if text is None:
+                raise ValueError("unet.conditioning is 'text' but no text encoder was given (set text.path)")
+            check_cross_attention_dim(unet.cross_attention_dim, text)
+            self.info["text_encoder"] = text.describe()
         self._metrics: dict[str, float] = {}
         self.device = torch.device("cpu")
 
@@ -67,6 +76,8 @@ class DiffusionTask:
     def to_device(self, device: torch.device) -> None:
         self.device = device
         self.codec.to(device)
+        if self.text is not None:
+            self.text.to(device)
 
     def build(self) -> dict[str, nn.Module]:
         return {"unet": Denoiser(self.unet_cfg, self.init_unet)}
@@ -92,7 +103,8 @@ class DiffusionTask:
                 raise ValueError(f"label {int(labels.max())} out of range for num_classes={self.unet_cfg.num_classes}")
             labels = torch.where(labels < 0, torch.full_like(labels, self.unet_cfg.num_classes), labels)  # unlabelled → null
             return drop_condition(labels, self.unet_cfg.num_classes, self.diff_cfg.cond_drop_prob)
-        raise NotImplementedError("text conditioning needs a text encoder: see ldm_system/models/text.py")
+        _, _, captions = batch  # dropped captions become "", whose states are the null condition
+        return self.text.encode(drop_captions(captions, self.diff_cfg.cond_drop_prob))  # (B, L, D)
 
     def losses(self, modules: Mapping[str, nn.Module], batch: Any, step: int) -> Iterator[tuple[str, torch.Tensor]]:
         x0 = self.latents(batch)
@@ -111,7 +123,8 @@ class DiffusionTask:
 
     @torch.no_grad()
     def preview(self, modules: Mapping[str, nn.Module], batch: Any) -> torch.Tensor:
-        """A short DDIM loop from fixed noise; classes cycle through 0..K-1 for class models."""
+        """A short DDIM loop from fixed noise; classes cycle through 0..K-1 for class models, and text
+        models get the class names as prompts (the batch's captions when the data has no classes)."""
         p, net = self.preview_cfg, modules["unet"]
         x0 = self.latents(batch)
         shape = (p.num_images, *x0.shape[1:])
@@ -122,6 +135,10 @@ class DiffusionTask:
             k = self.unet_cfg.num_classes
             cond = torch.arange(p.num_images, device=x0.device) % k
             guidance = Guidance(scale=p.guidance, null_cond=torch.full((1,), k, device=x0.device, dtype=torch.long))
+        elif self.unet_cfg.conditioning == "text":
+            names = self.info.get("classes") or list(batch[2]) or [""]
+            cond = self.text.encode([names[i % len(names)] for i in range(p.num_images)])  # (N, L, D)
+            guidance = Guidance(scale=p.guidance, null_cond=self.text.null())  # (1, L, D), broadcast
         was_training = net.training
         net.eval()
         z = sample(lambda x, t, c: net(x, t, c), sampler, shape, num_steps=p.steps, cond=cond,

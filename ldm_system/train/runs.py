@@ -4,7 +4,7 @@ A run config is one YAML file with one section per component; each component rec
 own section:
 
     data:  StreamConfig      train: EngineConfig
-    (stage 1)  model / loss / disc / optim        (stage 2)  unet / diffusion / optim / preview
+    (stage 1)  model / loss / disc / optim        (stage 2)  unet / diffusion / optim / preview / text
 """
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from ldm_system.data.manifest import read_manifest
 from ldm_system.data.stream import StreamConfig, make_loader
 from ldm_system.diffusion.config import DiffusionConfig
 from ldm_system.models.latent import LatentCodec
+from ldm_system.models.text import TextEncoder, TextEncoderConfig
 from ldm_system.models.unet import UNetConfig
 from ldm_system.train.diffusion_task import DiffusionTask, OptimConfig, PreviewConfig
 from ldm_system.train.engine import EngineConfig, Trainer
@@ -45,6 +46,7 @@ class LDMRunConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     preview: PreviewConfig = field(default_factory=PreviewConfig)
     train: EngineConfig = field(default_factory=EngineConfig)
+    text: TextEncoderConfig = field(default_factory=TextEncoderConfig)  # used when unet.conditioning is "text"
     # Stage-1 checkpoint for *image* shards (online encoding). Latent shards name their own
     # autoencoder in the manifest; "" with image shards means pixel-space diffusion.
     autoencoder: str = ""
@@ -126,16 +128,29 @@ def check_unet_fits(unet: UNetConfig, latent_shape: list[int]) -> None:
         raise ValueError("the UNet does not fit the data: " + "; ".join(problems))
 
 
+def build_text_encoder(cfg: LDMRunConfig) -> TextEncoder | None:
+    """The frozen text encoder for text models. Loaded before the Trainer builds the Accelerator, so a
+    ZeRO-3 run never partitions it."""
+    if cfg.unet.conditioning != "text":
+        if cfg.text.path:
+            raise ValueError(f"text.path is set but unet.conditioning is {cfg.unet.conditioning!r}; "
+                             "a text encoder is only used with conditioning 'text'")
+        return None
+    return TextEncoder.from_config(cfg.text)
+
+
 def run_ldm(cfg: LDMRunConfig, resume: str | None = None, init_from: str | None = None) -> Trainer:
     from ldm_system.train.finetune import load_init_unet
 
     codec, kind, shape, info = data_codec(cfg)
     check_unet_fits(cfg.unet, shape)
     init = load_init_unet(init_from, cfg.unet) if init_from else None
-    task = DiffusionTask(cfg.unet, cfg.diffusion, cfg.optim, codec, kind, cfg.preview, init_unet=init, info=info)
+    task = DiffusionTask(cfg.unet, cfg.diffusion, cfg.optim, codec, kind, cfg.preview, init_unet=init, info=info,
+                         text=build_text_encoder(cfg))
     trainer = Trainer(task, _stream_factory(cfg.data), cfg.train, run_config=cfg)
     trainer.fit(resume=resume)
     return trainer
 
 
-__all__ = ["AERunConfig", "LDMRunConfig", "run_autoencoder", "run_ldm", "data_codec", "check_unet_fits"]
+__all__ = ["AERunConfig", "LDMRunConfig", "run_autoencoder", "run_ldm", "data_codec", "check_unet_fits",
+           "build_text_encoder"]

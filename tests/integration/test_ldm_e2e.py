@@ -101,3 +101,15 @@ def test_online_encoding_and_pixel_space(data):
     assert tr.task.input_kind == "image" and not tr.task.codec.is_identity
     tr = run_ldm(_cfg(images, root / "pixels", "train.steps=2", "unet.in_channels=1", "unet.sample_size=32"))
     assert tr.task.codec.is_identity and tr.step == 2
+
+
+def test_gradient_checkpointing_and_bf16_autocast_train(data):
+    from accelerate.state import AcceleratorState
+
+    root, lat = data
+    AcceleratorState._reset_state(True)  # the process-wide state fixes mixed precision at first use
+    tr = run_ldm(_cfg(lat, root / "gc", "train.steps=2", "train.gradient_checkpointing=true",
+                      "train.mixed_precision=bf16"))
+    assert tr.step == 2 and tr.raw["unet"].unet.is_gradient_checkpointing
+    assert tr.task.codec.ae is not None and next(tr.task.codec.ae.parameters()).dtype == torch.float32
+    AcceleratorState._reset_state(True)

@@ -1,0 +1,196 @@
+"""The HTTP server for real: uvicorn on a free 127.0.0.1 port in a background thread, httpx requests."""
+import base64
+import io
+import socket
+import threading
+import time
+
+import httpx
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from ldm_system.serving.image_io import tensor_to_b64png
+from ldm_system.serving.server import ServerLimits, create_app, is_loopback
+
+LIMITS = ServerLimits(max_steps=20, max_batch=4, max_null_opt_steps=5, max_input_side=256, max_body_bytes=200_000)
+
+
+@pytest.fixture(scope="module")
+def base_url(serving_pipe):
+    import uvicorn
+
+    # Bind the socket ourselves (port 0 → the OS picks a free one) and hand it to uvicorn: no race
+    # between "find a free port" and "listen on it".
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(create_app(serving_pipe, LIMITS), log_level="warning", lifespan="off"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(timeout=30)
+    sock.close()
+    assert not thread.is_alive(), "uvicorn did not shut down"
+
+
+@pytest.fixture(scope="module")
+def client(base_url):
+    with httpx.Client(base_url=base_url, timeout=120) as c:
+        yield c
+
+
+def decode_png(b64: str) -> Image.Image:
+    im = Image.open(io.BytesIO(base64.b64decode(b64)))
+    im.load()
+    return im
+
+
+def png_b64(size=(32, 32), value=128) -> str:
+    buf = io.BytesIO()
+    Image.new("L", size, value).save(buf, format="PNG")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def test_health_describes_the_model(client):
+    r = client.get("/health")
+    assert r.status_code == 200
+    h = r.json()
+    assert h["status"] == "ok"
+    assert h["model"]["classes"][7] == "Sneaker" and len(h["model"]["classes"]) == 10
+    assert h["model"]["image_size"] == 32 and h["model"]["image_channels"] == 1
+    assert h["model"]["latent_shape"] == [3, 8, 8]
+    assert h["samplers"] == ["ddim", "ddpm", "dpm++2m"]
+    assert h["limits"]["max_steps"] == 20
+
+
+def test_sample_returns_pngs_of_the_model_size(client):
+    body = {"num": 2, "classes": ["Sneaker", 5], "steps": 4, "guidance": 3.0, "seed": 3}
+    r = client.post("/sample", json=body)
+    assert r.status_code == 200, r.text
+    images = [decode_png(s) for s in r.json()["images"]]
+    assert len(images) == 2 and all(im.size == (32, 32) and im.mode == "L" for im in images)
+    again = client.post("/sample", json=body).json()["images"]
+    assert again == r.json()["images"]  # DDIM, eta 0, same seed: identical bytes
+
+
+def test_invert_reports_psnr_and_returns_noise(client, serving_pipe, held_out):
+    images, labels = held_out
+    body = {"images": tensor_to_b64png(images[:2]), "classes": labels[:2], "steps": 10, "return_noise": True}
+    r = client.post("/invert", json=body)
+    assert r.status_code == 200, r.text
+    out = r.json()
+    assert len(out["psnr"]) == 2 and all(p > 10 for p in out["psnr"])
+    assert all(m < 0.05 for m in out["latent_mse"])
+    assert decode_png(out["reconstructions"][0]).size == (32, 32)
+    noise = out["noise"]
+    x_T = np.frombuffer(base64.b64decode(noise["data"]), dtype="<f4").reshape(noise["shape"])
+    assert noise["shape"] == [2, 3, 8, 8]
+    # the same inversion in-process gives the same noise (the PNG round trip of the input is exact)
+    local = serving_pipe.invert(images[:2], classes=labels[:2], steps=10)
+    assert torch.allclose(torch.from_numpy(x_T.copy()), local.x_T, atol=1e-5)
+
+
+def test_invert_resize_policy_is_opt_in(client):
+    wrong = {"images": [png_b64((28, 28))], "steps": 2}
+    r = client.post("/invert", json=wrong)
+    assert r.status_code == 422
+    assert "is 28x28, the model takes 32x32" in r.json()["detail"] and '"resize": true' in r.json()["detail"]
+    assert client.post("/invert", json={**wrong, "resize": True}).status_code == 200
+
+
+def test_edit_class_and_sdedit(client, held_out):
+    images, labels = held_out
+    img = tensor_to_b64png(images[:1])
+    r = client.post("/edit", json={"images": img, "source_class": labels[0], "target_class": "Bag", "steps": 6,
+                                   "keep_steps": 2})
+    assert r.status_code == 200, r.text
+    assert r.json()["mode"] == "class" and decode_png(r.json()["images"][0]).size == (32, 32)
+    r = client.post("/edit", json={"images": img, "target_class": "Bag", "steps": 6, "strength": 0.5})
+    assert r.status_code == 200 and r.json()["mode"] == "sdedit"
+
+
+@pytest.mark.parametrize("path, body, status, detail", [
+    ("/sample", {"num": 1, "steps": 21}, 422, "steps must lie in 1..20 (server limit), got 21"),
+    ("/sample", {"num": 1, "steps": 0}, 422, "steps must lie in 1..20"),
+    ("/sample", {"num": 5, "steps": 2}, 422, "num must lie in 1..4 (server limit), got 5"),
+    ("/sample", {"num": 1, "steps": 2, "classes": "Hat"}, 422, "unknown class 'Hat'; known classes: T-shirt/top"),
+    ("/sample", {"num": 1, "steps": 2, "classes": 99}, 422, "unknown class 99: class ids are 0..9"),
+    ("/sample", {"num": 2, "steps": 2, "classes": [1, 2, 3]}, 422, "classes: give one value or one per image (2), got 3"),
+    ("/sample", {"num": 1, "steps": 2, "sampler": "euler"}, 422, "unknown sampler 'euler'"),
+    ("/sample", {"num": 1, "steps": 2, "guidence": 3}, 422, "guidence: Extra inputs are not permitted"),
+    ("/sample", {"num": "two"}, 422, "num: Input should be a valid integer"),
+    ("/sample", {"num": 1, "steps": 2, "guidance": -1}, 422, "guidance must lie in [0, 30.0], got -1.0"),
+    ("/invert", {"images": ["not base64!!"], "steps": 2}, 400, "images[0]: not valid base64"),
+    ("/invert", {"images": [base64.b64encode(b"hello").decode()], "steps": 2}, 400, "images[0]: not a decodable image"),
+    ("/invert", {"images": [], "steps": 2}, 422, "number of images must lie in 1..4"),
+    ("/invert", {"images": ["{png}"], "steps": 2, "fixed_point_iters": 9}, 422, "fixed_point_iters must lie in 0..5"),
+    ("/invert", {"images": ["{png}"], "steps": 6, "classes": 1, "guidance": 3, "null_optimization": True}, 422,
+     "steps (with null_optimization) must lie in 1..5"),
+    ("/invert", {"images": ["{png}"], "steps": 2, "null_optimization": True}, 422, "null_optimization needs classes"),
+    ("/invert", {"images": ["{big}"], "steps": 2, "resize": True}, 400, "images[0]: 300x300 exceeds the server limit of 256"),
+    ("/edit", {"images": ["{png}"], "target_class": 1, "steps": 4}, 422, "source_class is required"),
+    ("/edit", {"images": ["{png}"], "source_class": 0, "target_class": 1, "steps": 4, "keep_steps": 5}, 422,
+     "keep_steps must lie in [0, steps=4], got 5"),
+    ("/edit", {"images": ["{png}"], "target_class": 1, "steps": 4, "strength": 0.5, "keep_steps": 1}, 422,
+     "give keep_steps (class edit) or strength (SDEdit), not both"),
+    ("/edit", {"images": ["{png}"], "source_class": 0, "target_class": "Hat", "steps": 4}, 422, "unknown class 'Hat'"),
+])
+def test_bad_requests_get_clear_4xx(client, path, body, status, detail):
+    subst = {"{png}": png_b64(), "{big}": png_b64((300, 300))}
+    if "images" in body:
+        body = {**body, "images": [subst.get(s, s) for s in body["images"]]}
+    r = client.post(path, json=body)
+    assert r.status_code == status, r.text
+    assert r.json()["detail"].startswith(detail) or detail in r.json()["detail"], r.json()
+
+
+def test_oversized_body_is_413(client):
+    r = client.post("/invert", content=b"x" * 300_000, headers={"content-type": "application/json"})
+    assert r.status_code == 413 and "exceeds the server limit" in r.json()["detail"]
+
+
+def test_concurrent_requests_are_serialised_and_both_answered(client, base_url, serving_pipe, monkeypatch):
+    """Two samples at once: the model lock lets one run at a time; both succeed and equal their
+    serial results."""
+    real_sample, active, peak = serving_pipe.sample, [0], [0]
+
+    def spy(*args, **kwargs):
+        active[0] += 1
+        peak[0] = max(peak[0], active[0])
+        try:
+            time.sleep(0.3)  # widen the window in which an unserialised request would overlap
+            return real_sample(*args, **kwargs)
+        finally:
+            active[0] -= 1
+
+    monkeypatch.setattr(serving_pipe, "sample", spy)
+    results = {}
+
+    def go(seed):
+        with httpx.Client(base_url=base_url, timeout=120) as c:
+            results[seed] = c.post("/sample", json={"num": 1, "classes": 1, "steps": 3, "seed": seed}).json()["images"]
+
+    threads = [threading.Thread(target=go, args=(s,)) for s in (1, 2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert peak[0] == 1 and sorted(results) == [1, 2]
+    for seed in (1, 2):
+        solo = client.post("/sample", json={"num": 1, "classes": 1, "steps": 3, "seed": seed}).json()["images"]
+        assert results[seed] == solo
+
+
+def test_limits_and_loopback_helpers():
+    assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
+    assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.4")
+    with pytest.raises(ValueError, match="max_steps must be positive"):
+        ServerLimits(max_steps=0)
