@@ -167,8 +167,8 @@ def launch_env(threads: int = 1) -> dict[str, str]:
 def accelerate_launch(script: Path, args: list[str], mode: str, procs: int, threads: int = 1,
                       timeout: int = 900, ds_json: str | Path | None = None) -> subprocess.CompletedProcess:
     """mode "ddp": DDP over gloo (ACCELERATE_USE_CPU=1 --multi_gpu); "zero1"/"zero2"/"zero3": DeepSpeed
-    with the project's JSON in launch/deepspeed/. (Not launch/accelerate/zero3.yaml: accelerate 1.15
-    rejects its `zero3_save_16bit_model` next to a `deepspeed_config_file`.) `ds_json` replaces that JSON."""
+    with the project's JSON in launch/deepspeed/ (what launch/accelerate/zeroN.yaml points at), passed
+    on the command line so that `ds_json` can swap in a variant."""
     cmd = [str(BIN / "accelerate"), "launch", "--num_processes", str(procs), "--num_machines", "1",
            "--main_process_port", str(free_port())]
     env = launch_env(threads)

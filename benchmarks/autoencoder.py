@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from PIL import Image
+from PIL import Image, ImageDraw
 from safetensors.torch import load_file
 
 from _common import ROOT, set_threads, table
@@ -201,10 +201,24 @@ def save_recon_grid(images: torch.Tensor, recon: torch.Tensor, path: Path, per_r
     upscale(make_grid(torch.cat(rows), nrow=per_row)).save(path)
 
 
-def save_comparison(images: torch.Tensor, recons: dict[str, torch.Tensor], path: Path) -> None:
-    """One row per variant under the input row, same 32 held-out images in every column."""
-    rows = [images] + list(recons.values())
-    upscale(make_grid(torch.cat(rows), nrow=images.shape[0])).save(path)
+def save_comparison(images: torch.Tensor, recons: dict[str, torch.Tensor], path: Path, per_row: int = 16) -> None:
+    """Blocks of 16 columns: the input row, then one row per variant (labelled on the left)."""
+    rows, labels = [], []
+    for i in range(0, images.shape[0], per_row):
+        rows.append(images[i : i + per_row])
+        labels.append("input")
+        for name, recon in recons.items():
+            rows.append(recon[i : i + per_row])
+            labels.append(name)
+    grid = upscale(make_grid(torch.cat(rows), nrow=per_row)).convert("RGB")
+    margin = 80
+    canvas = Image.new("RGB", (grid.width + margin, grid.height), "white")
+    canvas.paste(grid, (margin, 0))
+    draw = ImageDraw.Draw(canvas)
+    row_h = grid.height / len(rows)
+    for r, label in enumerate(labels):
+        draw.text((4, int(r * row_h + row_h / 2) - 5), label, fill="black")
+    canvas.save(path)
 
 
 # ---- report --------------------------------------------------------------------------------------

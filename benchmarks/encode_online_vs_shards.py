@@ -11,8 +11,8 @@ Contenders (same UNet, same batch size, same `DiffusionTask` step with AdamW):
   `LatentCodec` (fp32, no_grad, posterior sample) before the UNet step. Autoencoders:
     kl-f4        the LDM first-stage preset (autoencoders.config.PRESETS["kl-f4"]: channels
                  128-256-512, 2 res blocks per level, mid-block attention);
-    fmnist-kl-f4 the mid-size body of configs/autoencoder/fmnist-kl-f4.yaml (channels 32-64-64,
-                 1 res block, no attention), built with 3 input channels here.
+    fmnist-kl-f4 the `model:` section of configs/autoencoder/fmnist-kl-f4.yaml, the Fashion-MNIST
+                 demo's small autoencoder (its widths are printed), built with 3 input channels.
   Weights are freshly initialised: encoding cost does not depend on their values.
 
 Data are in-memory random tensors; reading shards is left out on both sides (benchmarks/data_loader.py

@@ -1,39 +1,43 @@
 """Per-rank bytes of parameters, gradients and optimizer state under DDP, ZeRO-1, ZeRO-2 and ZeRO-3
 on 2 ranks, counted from the tensors each rank actually holds during a real `Trainer` step.
 
-    python benchmarks/zero_memory.py                 # 4 launches of 2 processes, ~3 min
-    python benchmarks/zero_memory.py --quick         # DDP and ZeRO-3 only
+    python benchmarks/zero_memory.py                 # 5 launches of 2 processes, ~3 min
+    python benchmarks/zero_memory.py --quick         # DDP and the two ZeRO-3 variants
     python benchmarks/zero_memory.py --widths 128,256,512 --attention 0,1,1
 
-Each mode is one `accelerate launch` of this file in `--worker` mode (DDP over gloo; DeepSpeed via
-the project's launch/deepspeed/zeroN.json), running the real engine
-(`Trainer.train_step` with `DiffusionTask`, fp32, AdamW passed from the client side) on 8x8x3 random
-latents. Memory does not depend on timing, so the modes run one after the other.
+Each mode is one `accelerate launch` of this file in `--worker` mode (DDP over gloo; DeepSpeed with
+the project's launch/deepspeed/zeroN.json; "zero3-tuned" = zero3.json with the buckets sized for
+this model, see ZERO3_TUNING), running the real engine (`Trainer.train_step` with `DiffusionTask`,
+fp32, the task's AdamW passed to DeepSpeed from the client side) on 8x8x3 random latents, batch 2.
+Memory does not depend on timing, so the modes run one after the other.
 
-When it is counted: at the start of AdamW's `step` on the third training step (a step pre-hook on
-the task's own torch optimizer, which DDP and DeepSpeed both call). Gradients are then present
-and the Adam moments exist, so params + grads + optimizer state are all at their peak.
+When: on the third training step, at three moments:
+- at AdamW's step (a step pre-hook on the task's own torch optimizer, which DDP and DeepSpeed both
+  call): gradients are present and the Adam moments exist. The headline table;
+- at the end of the UNet's forward (a forward hook): which parameters are gathered in flight;
+- between steps (after zero_grad): what stays allocated for the whole run.
 
-What is counted (each storage once, by data pointer, whole storage size):
+What is counted (each storage once, by data pointer, whole storage size; a view into a flat buffer
+counts the whole buffer once):
 - params:  the module's parameters; under ZeRO-3 `p.ds_tensor` (this rank's shard) plus any
-           parameter still materialised in full (DeepSpeed keeps small ones, below
-           `stage3_param_persistence_threshold` = 1e5 elements, on every rank);
-- master:  tensors AdamW updates that are not the module's parameters: the fp32 master shard
-           DeepSpeed ZeRO-1/2 clones even in fp32 training (`single_partition_of_fp32_groups`).
-           ZeRO-3 in fp32 updates its parameter shard in place, so it has none;
-- grads:   `.grad` of module parameters and of the tensors AdamW updates, and the optimizer's
-           gradient stores (`averaged_gradients`, ZeRO-2 `grads_in_partition`, ZeRO-3
-           `grad_partitions_flat_buffer`);
+           parameter materialised in full at that moment (gathered, or "persistent": below
+           `stage3_param_persistence_threshold`, 1e5 elements by default, kept on every rank);
+- master:  fp32 tensors AdamW updates that are not the module's parameters: DeepSpeed's master
+           shard (`single_partition_of_fp32_groups`, `fp32_partitioned_groups_flat`), a clone even
+           in fp32 training;
+- grads:   `.grad` of the module's parameters and of what AdamW updates, and the ZeRO optimizer's
+           gradient stores (`averaged_gradients`, `grads_in_partition`, `grad_partitions_flat_buffer`);
 - optim:   AdamW state tensors (exp_avg, exp_avg_sq, step);
 - other:   not in the ratio, listed for honesty. DDP: the reducer's gradient buckets (a second full
-           gradient copy, since accelerate leaves `gradient_as_bucket_view=False`). DeepSpeed: every
-           other tensor reachable from its ZeRO optimizer (communication buckets, flat copies).
+           gradient copy: accelerate leaves `gradient_as_bucket_view=False`), sizes from DDP's own
+           logging data. DeepSpeed: every other tensor reachable from its ZeRO optimizer (reduce
+           buckets etc.), at their allocated size: CPU pages never written are not resident.
+Process RSS (everything, libraries included) is printed as a cross-check.
 """
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import tempfile
 from collections import defaultdict
@@ -41,7 +45,7 @@ from pathlib import Path
 
 import torch
 
-from _common import accelerate_launch, mib, parse_bools, parse_ints, table, unet_config
+from _common import ROOT, accelerate_launch, mib, parse_bools, parse_ints, table, unet_config
 
 MASTER_STORES = ("single_partition_of_fp32_groups", "fp32_partitioned_groups_flat")  # DeepSpeed ZeRO-1/2, ZeRO-3
 GRAD_STORES = ("averaged_gradients", "grads_in_partition", "grad_partitions_flat_buffer",
@@ -126,6 +130,25 @@ def snapshot(trainer, adamw: torch.optim.Optimizer) -> dict:
             "numel": sum(p.numel() if p.numel() else getattr(p, "ds_numel", 0) for p in raw.parameters())}
 
 
+# DeepSpeed's ZeRO-3 defaults are sized for billion-parameter models. With them a rank keeps every
+# gathered parameter alive through forward and backward (max live parameters and reuse distance 1e9),
+# keeps parameters below 1e5 elements unpartitioned, and allocates a 5e8-element (1.9 GiB fp32)
+# reduce bucket. "zero3-tuned" is launch/deepspeed/zero3.json with these sized for a ~10M-param UNet.
+ZERO3_TUNING = {
+    "reduce_bucket_size": 5_000_000,
+    "stage3_prefetch_bucket_size": 1_000_000,
+    "stage3_max_live_parameters": 1_000_000,
+    "stage3_max_reuse_distance": 0,
+    "stage3_param_persistence_threshold": 10_000,
+}
+
+
+def tuned_zero3_config() -> dict:
+    cfg = json.loads((ROOT / "launch" / "deepspeed" / "zero3.json").read_text())
+    cfg["zero_optimization"].update(ZERO3_TUNING)
+    return cfg
+
+
 def worker(args) -> None:
     from ldm_system.train.diffusion_task import DiffusionTask
     from ldm_system.train.engine import EngineConfig, Trainer
@@ -165,26 +188,29 @@ def worker(args) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--modes", default="ddp,zero1,zero2,zero3")
+    ap.add_argument("--modes", default="ddp,zero1,zero2,zero3,zero3-tuned")
     ap.add_argument("--widths", default="64,128,256", help="UNet block_out_channels (default: 10.9M params)")
     ap.add_argument("--attention", default="0,0,1")
     ap.add_argument("--layers", type=int, default=1)
-    ap.add_argument("--zero3-json", default="", help="a DeepSpeed JSON to use instead of launch/deepspeed/zero3.json")
-    ap.add_argument("--quick", action="store_true", help="only DDP and ZeRO-3")
+    ap.add_argument("--quick", action="store_true", help="only DDP and the two ZeRO-3 variants")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--out-dir", default="", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
         return worker(args)
     if args.quick:
-        args.modes = "ddp,zero3"
+        args.modes = "ddp,zero3,zero3-tuned"
 
     results = {}
     for mode in args.modes.split(","):
         with tempfile.TemporaryDirectory() as tmp:
+            ds_json = None
+            if mode == "zero3-tuned":
+                ds_json = Path(tmp, "zero3-tuned.json")
+                ds_json.write_text(json.dumps(tuned_zero3_config(), indent=2))
             accelerate_launch(Path(__file__), ["--worker", "--out-dir", tmp, "--widths", args.widths,
                                                "--attention", args.attention, "--layers", str(args.layers)],
-                              mode, procs=2, ds_json=args.zero3_json if mode == "zero3" and args.zero3_json else None)
+                              mode.split("-")[0], procs=2, ds_json=ds_json)
             results[mode] = [json.loads(Path(tmp, f"mem_rank{r}.json").read_text()) for r in range(2)]
         print(f"{mode}: done", file=sys.stderr)
 

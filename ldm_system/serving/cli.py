@@ -1,6 +1,7 @@
 """`ldm sample | invert | edit | interpolate | serve`: thin commands over `LDMPipeline`.
 
     ldm sample --model M --num 16 --class Sneaker --guidance 3 --out grid.png
+    ldm sample --model M --num 4 --prompt "a sandal" --guidance 3 --out grid.png      (text models)
     ldm invert --model M a.png b.png --class Sneaker Bag --fixed-point 2 --out inv/
     ldm edit --model M shoe.png --source-class Sneaker --target-class Sandal --keep-steps 10 --out edit/
     ldm edit --model M shoe.png --target-class Sandal --strength 0.6 --out edit/      (SDEdit)
@@ -83,6 +84,14 @@ def expand_classes(pipe, spec: Sequence[str] | None, n: int, flag: str = "--clas
     return list(spec)
 
 
+def expand_prompts(prompts: Sequence[str], n: int) -> list[str]:
+    if len(prompts) == 1:
+        return [prompts[0]] * n
+    if len(prompts) != n:
+        raise ValueError(f"--prompt takes one value or one per image ({n}); got {len(prompts)}")
+    return list(prompts)
+
+
 def _stem_names(paths: Sequence[str]) -> list[str]:
     """Unique output stems for the inputs (a.png and dir2/a.png must not overwrite each other)."""
     seen: dict[str, int] = {}
@@ -102,14 +111,19 @@ def cmd_sample(a: argparse.Namespace) -> int:
 
     _check_positive("--num", a.num)
     _check_positive("--steps", a.steps)
+    if a.classes and a.prompts:
+        raise ValueError("give --class (class-conditional models) or --prompt (text-conditioned models), not both")
     out = _check_image_out(a.out)
     pipe = _load_pipeline(a)
     classes = expand_classes(pipe, a.classes, a.num)
+    extra = {}
+    if a.prompts:  # text-conditioned models (only passed when given: class models reject it clearly)
+        extra["prompts"] = expand_prompts(a.prompts, a.num)
     # Unconditional draws: guidance would mix the null output with itself, at twice the cost.
-    guidance = a.guidance if classes is not None else 1.0
+    guidance = a.guidance if classes is not None or a.prompts else 1.0
     with model_call_progress(pipe, a.steps, f"{a.sampler} {a.steps}", enabled=not a.no_progress):
         images = pipe.sample(a.num, classes=classes, sampler=a.sampler, steps=a.steps, eta=a.eta,
-                             guidance=guidance, seed=a.seed)
+                             guidance=guidance, seed=a.seed, **extra)
     save_grid(images, out, nrow=a.nrow)
     print(f"wrote {a.num} samples to {out}")
     if a.individual:
@@ -250,6 +264,8 @@ def add_serving_commands(sub) -> None:
     p.add_argument("--num", type=int, default=16)
     p.add_argument("--class", dest="classes", nargs="+", metavar="C",
                    help="class name or id: one for all images, one per image, or 'all' to cycle (default: unconditional)")
+    p.add_argument("--prompt", dest="prompts", nargs="+", metavar="TEXT",
+                   help="text-conditioned models: one prompt for all images or one per image (default: empty prompt)")
     p.add_argument("--sampler", default="ddim", choices=sorted(SAMPLERS))
     p.add_argument("--eta", type=float, default=0.0, help="DDIM stochasticity (0: deterministic)")
     p.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance scale (1: off)")
@@ -261,7 +277,8 @@ def add_serving_commands(sub) -> None:
     p = sub.add_parser("invert", help="DDIM-invert images to noise x_T and reconstruct them")
     _common(p)
     p.add_argument("images", nargs="+", metavar="IMAGE")
-    p.add_argument("--class", dest="classes", nargs="+", metavar="C", help="the images' class(es), as for sample")
+    p.add_argument("--class", dest="classes", nargs="+", metavar="C",
+                   help="the images' class(es), as for sample (list the images first: --class takes every value after it)")
     p.add_argument("--fixed-point", type=int, default=0, metavar="K", help="fixed-point refinements per step")
     p.add_argument("--guidance", type=float, default=1.0, help="reconstruct under this guidance scale")
     p.add_argument("--null-opt", action="store_true", help="null-condition inversion (fit the guided reconstruction)")
@@ -301,4 +318,4 @@ def add_serving_commands(sub) -> None:
     p.set_defaults(fn=cmd_serve)
 
 
-__all__ = ["add_serving_commands", "expand_classes", "save_noise"]
+__all__ = ["add_serving_commands", "expand_classes", "expand_prompts", "save_noise"]

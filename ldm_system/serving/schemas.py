@@ -20,6 +20,7 @@ class _Request(BaseModel):
 class SampleRequest(_Request):
     num: int = Field(1, description="images to draw")
     classes: Optional[Union[ClassValue, list[ClassValue]]] = Field(None, description="one class, or one per image; null: unconditional")
+    prompts: Optional[Union[str, list[str]]] = Field(None, description="text-conditioned models: one prompt, or one per image")
     sampler: str = "ddim"
     steps: int = 50
     eta: float = 0.0

@@ -89,6 +89,14 @@ class _Handlers:
             self.pipe.class_id(v)
         return values
 
+    def prompts(self, spec, n: int) -> list[str]:
+        values = spec if isinstance(spec, list) else [spec]
+        if len(values) == 1:
+            values = values * n
+        if len(values) != n:
+            raise _invalid(f"prompts: give one prompt or one per image ({n}), got {len(values)}")
+        return values
+
     def images(self, data: list[str], resize: bool) -> torch.Tensor:
         self.check_batch(len(data), "number of images")
         p = self.pipe
@@ -111,6 +119,7 @@ class _Handlers:
             "model": {
                 "conditioning": u.conditioning,
                 "classes": p.classes or (list(range(u.num_classes)) if u.conditioning == "class" else []),
+                "prompts": u.conditioning == "text",
                 "image_size": p.image_size,
                 "image_channels": p.image_channels,
                 "latent_shape": list(p.latent_shape(1)[1:]),
@@ -128,10 +137,16 @@ class _Handlers:
         if r.sampler not in SAMPLERS:
             raise _invalid(f"unknown sampler {r.sampler!r}; choose one of {sorted(SAMPLERS)}")
         classes = self.classes(r.classes, r.num)
+        extra = {}
+        if r.prompts is not None:  # text-conditioned models; class models reject prompts with a 422
+            if classes is not None:
+                raise _invalid("give classes (class-conditional models) or prompts (text models), not both")
+            extra["prompts"] = self.prompts(r.prompts, r.num)
+        conditional = classes is not None or r.prompts is not None
         with self.lock:
             t0 = time.perf_counter()
             images = self.pipe.sample(r.num, classes=classes, sampler=r.sampler, steps=r.steps, eta=r.eta,
-                                      guidance=r.guidance if classes is not None else 1.0, seed=r.seed)
+                                      guidance=r.guidance if conditional else 1.0, seed=r.seed, **extra)
             seconds = time.perf_counter() - t0
         return {"images": tensor_to_b64png(images), "size": self.pipe.image_size, "seconds": seconds}
 

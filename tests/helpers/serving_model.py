@@ -21,9 +21,9 @@ DONE = "BUILD_DONE"
 @dataclass(frozen=True)
 class BuildSizes:
     images: int = 2000  # Fashion-MNIST test split, 32x32
-    ae_steps: int = 60
+    ae_steps: int = 40
     ae_batch: int = 16
-    ldm_steps: int = 250
+    ldm_steps: int = 200
     ldm_batch: int = 32
     ldm_lr: float = 1e-3
 

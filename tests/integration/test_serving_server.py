@@ -66,7 +66,7 @@ def test_health_describes_the_model(client):
     assert h["status"] == "ok"
     assert h["model"]["classes"][7] == "Sneaker" and len(h["model"]["classes"]) == 10
     assert h["model"]["image_size"] == 32 and h["model"]["image_channels"] == 1
-    assert h["model"]["latent_shape"] == [3, 8, 8]
+    assert h["model"]["latent_shape"] == [3, 8, 8] and h["model"]["prompts"] is False
     assert h["samplers"] == ["ddim", "ddpm", "dpm++2m"]
     assert h["limits"]["max_steps"] == 20
 
@@ -128,6 +128,8 @@ def test_edit_class_and_sdedit(client, held_out):
     ("/sample", {"num": 1, "steps": 2, "guidence": 3}, 422, "guidence: Extra inputs are not permitted"),
     ("/sample", {"num": "two"}, 422, "num: Input should be a valid integer"),
     ("/sample", {"num": 1, "steps": 2, "guidance": -1}, 422, "guidance must lie in [0, 30.0], got -1.0"),
+    ("/sample", {"num": 1, "steps": 2, "prompts": "a bag"}, 422, "this model is not text-conditional"),
+    ("/sample", {"num": 1, "steps": 2, "prompts": "a bag", "classes": 1}, 422, "give classes (class-conditional models) or prompts"),
     ("/invert", {"images": ["not base64!!"], "steps": 2}, 400, "images[0]: not valid base64"),
     ("/invert", {"images": [base64.b64encode(b"hello").decode()], "steps": 2}, 400, "images[0]: not a decodable image"),
     ("/invert", {"images": [], "steps": 2}, 422, "number of images must lie in 1..4"),
@@ -194,3 +196,38 @@ def test_limits_and_loopback_helpers():
     assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.4")
     with pytest.raises(ValueError, match="max_steps must be positive"):
         ServerLimits(max_steps=0)
+
+
+@pytest.mark.slow
+def test_ldm_serve_command_end_to_end(serving_model_dir):
+    """`ldm serve` as a real process (its start-up imports take ~30 s on a loaded 2-core machine)."""
+    import os
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ldm = os.path.join(os.path.dirname(sys.executable), "ldm")
+    proc = subprocess.Popen([ldm, "serve", "--model", str(serving_model_dir), "--port", str(port), "--max-steps", "8"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 180
+        while True:
+            assert proc.poll() is None, proc.stdout.read()
+            try:
+                if httpx.get(f"{url}/health", timeout=5).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "ldm serve did not come up"
+            time.sleep(1)
+        r = httpx.post(f"{url}/sample", json={"num": 1, "classes": "Bag", "steps": 4}, timeout=60)
+        assert r.status_code == 200 and decode_png(r.json()["images"][0]).size == (32, 32)
+        r = httpx.post(f"{url}/sample", json={"num": 1, "steps": 9}, timeout=60)
+        assert r.status_code == 422 and "1..8" in r.json()["detail"]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
