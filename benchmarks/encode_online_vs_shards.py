@@ -1,7 +1,7 @@
 """Training images/s on pre-encoded latents vs encoding every batch online with the frozen KL-f4
 autoencoder, measured side by side in one run.
 
-    python benchmarks/encode_online_vs_shards.py           # batch 8 at 64x64, 5 repeats, ~3 min
+    python benchmarks/encode_online_vs_shards.py           # batch 8 at 64x64, 5 repeats, ~1.5 min
     python benchmarks/encode_online_vs_shards.py --quick   # batch 4, 3 repeats
     python benchmarks/encode_online_vs_shards.py --autoencoders kl-f4
 

@@ -1,7 +1,7 @@
 """Steps/s of the real engine (`Trainer.fit` with `DiffusionTask`) vs a bare PyTorch loop with the
 same UNet, batch, AdamW, loss and in-memory data, interleaved in one process.
 
-    python benchmarks/engine_overhead.py                 # "small" UNet on 8x8x3, batch 16, ~2-3 min
+    python benchmarks/engine_overhead.py                 # "small" UNet on 8x8x3, batch 16, ~3 min
     python benchmarks/engine_overhead.py --quick         # 5 repeats
     python benchmarks/engine_overhead.py --preset debug  # a tiny UNet: overhead is most visible
     python benchmarks/engine_overhead.py --profile       # + cProfile of the engine segments

@@ -4,7 +4,7 @@ same UNet widths, same batch size, measured side by side in one run.
 This is LDM's central claim (Rombach et al. 2022, sec. 3 and fig. 2): the UNet works on a spatially
 f² = 16x smaller tensor, so a step costs ~1/16 of the convolutions and far less attention.
 
-    python benchmarks/latent_vs_pixel.py                   # defaults below, ~2-3 min
+    python benchmarks/latent_vs_pixel.py                   # defaults below, ~1.5 min
     python benchmarks/latent_vs_pixel.py --quick           # batch 4, 3 repeats
     python benchmarks/latent_vs_pixel.py --widths 64,128 --attention 0,1 --layers 2
 

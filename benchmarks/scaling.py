@@ -1,7 +1,7 @@
 """Training images/s of 2-rank DDP (gloo) vs 1 rank with the per-rank batch fixed, through the real
 engine (`Trainer.train_step` with `DiffusionTask`), launched alternately in one run.
 
-    python benchmarks/scaling.py                 # 2 launches of each contender, ~3-4 min
+    python benchmarks/scaling.py                 # 2 launches of each contender, ~3 min
     python benchmarks/scaling.py --quick         # 1 launch each, 10 timed steps
     python benchmarks/scaling.py --two-threads   # adds "1 rank x 2 threads" as a third contender
 

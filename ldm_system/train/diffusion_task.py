@@ -112,7 +112,11 @@ class DiffusionTask:
         noise = offset_noise(x0, self.diff_cfg.offset_noise)
         t = sample_timesteps(x0.shape[0], self.schedule, device=x0.device)
         x_t = self.schedule.add_noise(x0, noise, t)
-        out = modules["unet"](x_t, t, cond)
+        # DeepSpeed bf16/fp16 holds the weights in low precision and does not autocast: feed its dtype.
+        dtype = next(modules["unet"].parameters()).dtype
+        if cond is not None and cond.is_floating_point():
+            cond = cond.to(dtype)
+        out = modules["unet"](x_t.to(dtype), t, cond)
         d = self.diff_cfg
         loss = diffusion_loss(out, x0, noise, t, self.schedule, d.prediction_type, d.loss_weighting, d.min_snr_gamma).mean()
         self._metrics = {"latent_std": float(x0.std())}

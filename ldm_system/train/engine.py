@@ -67,7 +67,6 @@ class NonFiniteLossError(RuntimeError):
 def _to_device(batch: Any, device: torch.device) -> Any:
     if hasattr(batch, "to"):  # tensors and the data stream's Batch
         return batch.to(device, non_blocking=True)
-        return batch.to(device, non_blocking=True)
     if isinstance(batch, (list, tuple)):
         return type(batch)(_to_device(b, device) for b in batch)
     if isinstance(batch, dict):
