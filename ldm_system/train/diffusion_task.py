@@ -145,7 +145,13 @@ class DiffusionTask:
             guidance = Guidance(scale=p.guidance, null_cond=self.text.null())  # (1, L, D), broadcast
         was_training = net.training
         net.eval()
-        z = sample(lambda x, t, c: net(x, t, c), sampler, shape, num_steps=p.steps, cond=cond,
+        dtype = next(net.parameters()).dtype  # low precision under DeepSpeed bf16/fp16
+
+        def model_fn(x, t, c):
+            c = c.to(dtype) if c is not None and c.is_floating_point() else c
+            return net(x.to(dtype), t, c).float()
+
+        z = sample(model_fn, sampler, shape, num_steps=p.steps, cond=cond,
                    guidance=guidance, generator=gen, device=x0.device)
         net.train(was_training)
         return self.codec.decode(z).clamp(-1, 1)

@@ -25,17 +25,19 @@ def latents(tmp_path_factory):
     return build_debug_latents(tmp_path_factory.mktemp("zero-data"))
 
 
-# ZeRO-2 through accelerate's command-line flags, ZeRO-3 through the shipped config file
+# ZeRO-2 (bf16) through accelerate's command-line flags, ZeRO-3 (fp32) through the shipped config file
 @pytest.mark.parametrize("stage", ["zero2", "file:launch/accelerate/zero3.yaml"])
 def test_zero_train_checkpoint_resume_export(stage, latents, tmp_path):
     out = tmp_path / "run"
-    common = [f"--set=data.shards={latents}", f"--set=train.out_dir={out}", "--set=train.ckpt_every=2",
+    precision = ["--set=train.mixed_precision=bf16"] if stage == "zero2" else []
+    common = [*precision, f"--set=data.shards={latents}", f"--set=train.out_dir={out}", "--set=train.ckpt_every=2",
               "--set=train.log_every=1", "--set=data.batch_size=4", "--set=preview.num_images=2",
               "--set=preview.steps=2"]
-    accelerate(["tests/distributed/ldm_run.py", str(LDM_DEBUG), *common, "--set=train.steps=4"], mode=stage)
+    accelerate(["tests/distributed/ldm_run.py", str(LDM_DEBUG), *common, "--set=train.steps=4"], mode=stage,
+               mixed_precision="bf16" if precision else None)
     first = torch.load(out / "gathered.pt")
     accelerate(["tests/distributed/ldm_run.py", str(LDM_DEBUG), *common, "--set=train.steps=6", "--resume=latest"],
-               mode=stage)
+               mode=stage, mixed_precision="bf16" if precision else None)
     run = torch.load(out / "gathered.pt")
 
     assert run["step"] == 6 and json.loads((out / "checkpoints" / "step_00000006" / "trainer.json").read_text())["step"] == 6

@@ -26,7 +26,7 @@ def env() -> dict[str, str]:
     return e
 
 
-def accelerate(args: list[str], mode: str, procs: int = 2, timeout: int = 600) -> subprocess.CompletedProcess:
+def accelerate(args: list[str], mode: str, procs: int = 2, timeout: int = 600, mixed_precision: str | None = None) -> subprocess.CompletedProcess:
     """mode: "ddp" (gloo DDP on CPU), "zero1"/"zero2"/"zero3" (DeepSpeed through accelerate's flags),
     or "file:launch/accelerate/zero3.yaml" (one of the shipped accelerate config files)."""
     cmd = [str(BIN / "accelerate"), "launch", "--num_processes", str(procs), "--main_process_port", str(free_port())]
@@ -41,6 +41,8 @@ def accelerate(args: list[str], mode: str, procs: int = 2, timeout: int = 600) -
         cmd += ["--use_deepspeed", "--zero_stage", stage, "--num_machines", "1"]
         if stage == "3":
             cmd += ["--zero3_save_16bit_model", "true"]
+    if mixed_precision:
+        cmd += ["--mixed_precision", mixed_precision]
     cmd += args
     out = subprocess.run(cmd, env=e, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
     if out.returncode != 0:
