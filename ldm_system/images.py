@@ -44,22 +44,6 @@ def load_image(path: str | Path, size: int, channels: int) -> torch.Tensor:
     Resize policy: the shorter side is resized to `size` (bicubic), then the centre is cropped,
     matching how training shards are packed. Clear errors for missing or unreadable files.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"image not found: {path}")
-    try:
-        with Image.open(path) as im:
-            im.load()
-            im = im.convert("L" if channels == 1 else "RGB")
-    except Exception as e:  # PIL raises several unrelated types for bad files
-        raise ValueError(f"cannot read image {path}: {e}") from None
-    w, h = im.size
-    s = size / min(w, h)
-    im = im.resize((max(size, round(w * s)), max(size, round(h * s))), Image.BICUBIC)
-    w, h = im.size
-    left, top = (w - size) // 2, (h - size) // 2
-    im = im.crop((left, top, left + size, top + size))
-    arr = np.asarray(im, dtype=np.float32) / 127.5 - 1.0
-    if arr.ndim == 2:
-        arr = arr[..., None]
-    return torch.from_numpy(arr).permute(2, 0, 1).unsqueeze(0).contiguous()
+    from ldm_system.serving.image_io import open_image_file
+
+    return open_image_file(path, size, channels).tensor
