@@ -144,20 +144,25 @@ def run_dir(args, v: Variant) -> Path:
 
 def train(cfg: AERunConfig) -> dict:
     out = Path(cfg.train.out_dir)
+    if out.is_symlink() or out.is_file():
+        raise SystemExit(f"{out} is a link or a file; refusing to delete it (use --reuse, or remove it yourself)")
     if out.exists():  # a fresh run, never a silent resume of an older one
         shutil.rmtree(out)
     load0, t0 = os.getloadavg()[0], time.perf_counter()
     run_autoencoder(cfg)
-    wall = time.perf_counter() - t0
-    # Time of the training loop alone, from the engine's log windows (images / (images/s)).
-    train_s, prev = 0.0, 0
-    for line in (out / "metrics.jsonl").read_text().splitlines():
-        rec = json.loads(line)
-        train_s += (rec["step"] - prev) * cfg.data.batch_size / rec["images_per_s"]
-        prev = rec["step"]
-    last = json.loads(line)
-    return {"wall_s": wall, "train_s": train_s, "steps_done": prev, "steps_per_s": prev / train_s,
-            "load_before": load0, "load_after": os.getloadavg()[0],
+    return {**timing_from_log(cfg), "wall_s": time.perf_counter() - t0, "load_before": load0,
+            "load_after": os.getloadavg()[0]}
+
+
+def timing_from_log(cfg: AERunConfig) -> dict:
+    """Time of the training loop alone, from the engine's log windows (images / (images/s))."""
+    train_s, prev, last = 0.0, 0, {}
+    for line in (Path(cfg.train.out_dir) / "metrics.jsonl").read_text().splitlines():
+        last = json.loads(line)
+        train_s += (last["step"] - prev) * cfg.data.batch_size / last["images_per_s"]
+        prev = last["step"]
+    return {"wall_s": float("nan"), "train_s": train_s, "steps_done": prev, "steps_per_s": prev / train_s,
+            "load_before": float("nan"), "load_after": float("nan"),
             "final_train_stats": {k: v for k, v in last.items() if k.startswith(("ae/", "disc/", "loss/"))}}
 
 
@@ -298,9 +303,9 @@ def main() -> None:
         v = VARIANTS[key.strip()]
         cfg = variant_config(args, v)
         have = (run_dir(args, v) / "autoencoder" / "autoencoder.json").exists()
-        if args.reuse and have and v.name in previous:
-            timing = {k: previous[v.name][k] for k in ("wall_s", "train_s", "steps_done", "steps_per_s",
-                                                         "load_before", "load_after", "final_train_stats")}
+        if args.reuse and have:
+            keys = ("wall_s", "train_s", "steps_done", "steps_per_s", "load_before", "load_after", "final_train_stats")
+            timing = ({k: previous[v.name][k] for k in keys} if v.name in previous else timing_from_log(cfg))
             print(f"[{v.name}] reusing {run_dir(args, v)}", flush=True)
         else:
             print(f"[{v.name}] training {args.steps} steps x batch {args.batch}, load {os.getloadavg()[0]:.2f}",

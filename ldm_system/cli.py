@@ -84,7 +84,7 @@ def cmd_train(a: argparse.Namespace) -> int:
     from ldm_system.train.runs import LDMRunConfig, run_ldm
 
     cfg = load_config(LDMRunConfig, a.config, a.overrides)
-    run_ldm(cfg, resume=a.resume, init_from=a.init_from)
+    run_ldm(cfg, resume=a.resume, init_from=a.init_from).close()
     return 0
 
 

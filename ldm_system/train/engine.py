@@ -288,6 +288,15 @@ class Trainer:
         self.log.close()
         return stats
 
+    def close(self) -> None:
+        """End the run on every rank: wait for the others, then tear the process group down.
+
+        Call it once nothing else needs collectives. A rank that exits with a live gloo or
+        DeepSpeed communicator can abort in a C++ destructor after its work is done.
+        """
+        self.accelerator.wait_for_everyone()
+        self.accelerator.end_training()
+
 
 def _batch_len(batch: Any) -> int:
     first = next(iter(batch)) if isinstance(batch, (list, tuple)) or hasattr(batch, "size") else batch

@@ -76,7 +76,7 @@ def run_autoencoder(cfg: AERunConfig, resume: str | None = None) -> Path:
         if cfg.model.kind == "kl":
             export_diffusers(ae, scale, out / "diffusers")
         trainer.log.info(f"latent scale {scale:.5f}; autoencoder written to {out}")
-    acc.wait_for_everyone()
+    trainer.close()
     return out
 
 

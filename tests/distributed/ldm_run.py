@@ -33,6 +33,7 @@ def main() -> None:
                     "total_numel": total, "step": tr.step, "world": int(os.environ.get("WORLD_SIZE", "1"))},
                    os.path.join(cfg.train.out_dir, "gathered.pt"))
         print(json.dumps({"step": tr.step, "local_numel": numels, "total": total}))
+    tr.close()
 
 
 if __name__ == "__main__":

@@ -70,6 +70,7 @@ def main() -> None:
     if acc.is_main_process:
         torch.save({"state": sd, "ema": ema_sd, "ema_updates": tr.ema.num_updates, "local_numel": sum(local)},
                    f"{out}/final.pt")
+    tr.close()
 
 
 if __name__ == "__main__":
