@@ -51,6 +51,7 @@ def worker(args) -> None:
         Path(args.out_dir, "result.json").write_text(json.dumps(
             {"world": world, "threads": torch.get_num_threads(), "seconds": dt,
              "images_per_s": args.steps * args.batch_size * world / dt}))
+    trainer.close()
 
 
 def main() -> None:

@@ -184,6 +184,7 @@ def worker(args) -> None:
     rank = trainer.accelerator.process_index
     result.update(rank=rank, world=trainer.accelerator.num_processes)
     Path(args.out_dir, f"mem_rank{rank}.json").write_text(json.dumps(result))
+    trainer.close()
 
 
 def main() -> None:
