@@ -3,9 +3,11 @@
     ldm sample --model M --num 16 --class Sneaker --guidance 3 --out grid.png
     ldm sample --model M --num 4 --prompt "a sandal" --guidance 3 --out grid.png      (text models)
     ldm invert --model M a.png b.png --class Sneaker Bag --fixed-point 2 --out inv/
+    ldm invert --model M a.png --prompt "a sneaker" --guidance 3 --null-opt --out inv/   (null-text inversion)
     ldm edit --model M shoe.png --source-class Sneaker --target-class Sandal --keep-steps 10 --out edit/
-    ldm edit --model M shoe.png --target-class Sandal --strength 0.6 --out edit/      (SDEdit)
-    ldm interpolate --model M a.png b.png --num 8 --out path.png
+    ldm edit --model M shoe.png --source-prompt "a sneaker" --target-prompt "a sandal" --out edit/   (text models)
+    ldm edit --model M shoe.png --target-class Sandal --strength 0.6 --out edit/      (SDEdit; or --target-prompt)
+    ldm interpolate --model M a.png b.png --num 8 [--class A B | --prompt TEXT [TEXT]] --out path.png
     ldm serve --model M [--host 127.0.0.1 --port 8000]
 
 Bad input raises ValueError / FileNotFoundError, which `ldm_system.cli.main` turns into one line on
@@ -92,6 +94,11 @@ def expand_prompts(prompts: Sequence[str], n: int) -> list[str]:
     return list(prompts)
 
 
+def _check_class_or_prompt(a: argparse.Namespace) -> None:
+    if a.classes and a.prompts:
+        raise ValueError("give --class (class-conditional models) or --prompt (text-conditioned models), not both")
+
+
 def _stem_names(paths: Sequence[str]) -> list[str]:
     """Unique output stems for the inputs (a.png and dir2/a.png must not overwrite each other)."""
     seen: dict[str, int] = {}
@@ -111,8 +118,7 @@ def cmd_sample(a: argparse.Namespace) -> int:
 
     _check_positive("--num", a.num)
     _check_positive("--steps", a.steps)
-    if a.classes and a.prompts:
-        raise ValueError("give --class (class-conditional models) or --prompt (text-conditioned models), not both")
+    _check_class_or_prompt(a)
     out = _check_image_out(a.out)
     pipe = _load_pipeline(a)
     classes = expand_classes(pipe, a.classes, a.num)
@@ -133,16 +139,47 @@ def cmd_sample(a: argparse.Namespace) -> int:
     return 0
 
 
-def save_noise(path: Path, x_T: torch.Tensor, meta: dict[str, str]) -> Path:
-    """x_T as safetensors (key "x_T", string metadata) or a torch .pt dict, chosen by suffix."""
+def save_noise(path: Path, x_T: torch.Tensor, meta: dict[str, str], key: str = "x_T") -> Path:
+    """A tensor as safetensors (under `key`, string metadata) or a torch .pt dict, chosen by suffix."""
     x_T = x_T.detach().cpu().contiguous()
     if path.suffix == ".pt":
-        torch.save({"x_T": x_T, **meta}, path)
+        torch.save({key: x_T, **meta}, path)
     else:
         from safetensors.torch import save_file
 
-        save_file({"x_T": x_T}, str(path), metadata=meta)
+        save_file({key: x_T}, str(path), metadata=meta)
     return path
+
+
+def load_noise(path: str | Path, key: str = "x_T") -> tuple[torch.Tensor, dict[str, str]]:
+    """Read back what `save_noise` wrote: (tensor, string metadata)."""
+    path = Path(path)
+    if path.suffix == ".pt":
+        saved = torch.load(path, map_location="cpu")
+        return saved.pop(key), {k: v for k, v in saved.items() if isinstance(v, str)}
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        return f.get_tensor(key), dict(f.metadata() or {})
+
+
+def replay_inversion(pipe, folder: str | Path) -> torch.Tensor:
+    """Reconstruct from an `ldm invert --out FOLDER` result: x_T, and for --null-opt the fitted null
+    embeddings, under the recorded classes/prompts, steps and guidance → images (B, C, H, W) in [-1, 1]."""
+    folder = Path(folder)
+    found = [p for p in (folder / "x_T.safetensors", folder / "x_T.pt") if p.exists()]
+    if not found:
+        raise FileNotFoundError(f"{folder}: no x_T.safetensors or x_T.pt (not an `ldm invert` output folder)")
+    x_T, meta = load_noise(found[0])
+    nulls = None
+    null_file = found[0].with_name(f"null_embeddings{found[0].suffix}")
+    if meta.get("null_optimization") == "True":
+        if not null_file.exists():
+            raise FileNotFoundError(f"{folder}: the inversion used --null-opt but {null_file.name} is missing")
+        nulls = load_noise(null_file, "null_embeddings")[0]
+    classes, prompts = json.loads(meta.get("classes", "null")), json.loads(meta.get("prompts", "null"))
+    return pipe.reconstruct(x_T, classes=classes, prompts=prompts, steps=int(meta["steps"]),
+                            guidance=float(meta["guidance"]), null_embeddings=nulls)
 
 
 def cmd_invert(a: argparse.Namespace) -> int:
@@ -154,16 +191,20 @@ def cmd_invert(a: argparse.Namespace) -> int:
     _check_positive("--steps", a.steps)
     if a.fixed_point < 0:
         raise ValueError(f"--fixed-point must be >= 0, got {a.fixed_point}")
-    if a.null_opt and (not a.classes or a.guidance == 1.0):
-        raise ValueError("--null-opt needs --class and --guidance other than 1 (it fits the guided reconstruction)")
+    _check_class_or_prompt(a)
+    if a.null_opt and (not (a.classes or a.prompts) or a.guidance == 1.0):
+        raise ValueError("--null-opt needs --class (class models) or --prompt (text models) and --guidance other "
+                         "than 1 (it fits the guided reconstruction)")
     _check_inputs(a.images)
     pipe = _load_pipeline(a)
     images = _load_images(pipe, a.images)
     classes = expand_classes(pipe, a.classes, len(a.images))
+    prompts = expand_prompts(a.prompts, len(a.images)) if a.prompts else None
+    extra = {} if prompts is None else {"prompts": prompts}  # class models reject prompts clearly
     total = invert_evals(a.steps, a.fixed_point, a.null_opt)
     with model_call_progress(pipe, total, f"invert {a.steps}", enabled=not a.no_progress):
         r = pipe.invert(images, classes=classes, steps=a.steps, fixed_point_iters=a.fixed_point,
-                        guidance=a.guidance, null_optimization=a.null_opt)
+                        guidance=a.guidance, null_optimization=a.null_opt, **extra)
     with torch.no_grad():  # the autoencoder alone bounds what any inversion can reach
         ae_psnr = psnr((pipe.codec.decode(r.latents).clamp(-1, 1) + 1) / 2, (r.images + 1) / 2).reshape(-1).tolist()
 
@@ -172,8 +213,11 @@ def cmd_invert(a: argparse.Namespace) -> int:
     names = _stem_names(a.images)
     meta = {"images": json.dumps([str(p) for p in a.images]), "steps": str(a.steps), "model": str(a.model),
             "classes": json.dumps(None if classes is None else [pipe.class_id(c) for c in classes]),
-            "guidance": str(a.guidance), "null_optimization": str(a.null_opt)}
+            "prompts": json.dumps(prompts), "guidance": str(a.guidance), "null_optimization": str(a.null_opt)}
     noise = save_noise(out / f"x_T.{a.noise_format}", r.x_T, meta)
+    if r.null_embeddings is not None:  # replay: ldm_system.serving.cli.replay_inversion(pipe, out)
+        nulls = save_noise(out / f"null_embeddings.{a.noise_format}", r.null_embeddings, meta, key="null_embeddings")
+        noise = f"{noise}, {nulls}"
     save_pngs(r.reconstruction, [out / f"{n}_recon.png" for n in names])
     save_grid(torch.cat([r.images, r.reconstruction]), out / "comparison.png", nrow=len(names))
     rows = [{"image": str(p), "psnr": r.psnr[i], "ssim": r.ssim[i], "latent_mse": r.latent_mse[i],
@@ -196,7 +240,11 @@ def cmd_edit(a: argparse.Namespace) -> int:
 
     _check_positive("--steps", a.steps)
     sdedit_mode = a.strength is not None
-    if not sdedit_mode and a.source_class is None:
+    text_edit = a.target_prompt is not None  # argparse makes --target-class / --target-prompt exclusive
+    if text_edit and a.source_class is not None or not text_edit and a.source_prompt is not None:
+        raise ValueError("give --source-class/--target-class (class models) or --source-prompt/--target-prompt "
+                         "(text models), not a mix")
+    if not sdedit_mode and not text_edit and a.source_class is None:
         raise ValueError("--source-class is required for a class edit (or pass --strength for SDEdit)")
     if a.keep_steps is not None and not 0 <= a.keep_steps <= a.steps:
         raise ValueError(f"--keep-steps must lie in [0, --steps={a.steps}], got {a.keep_steps}")
@@ -208,11 +256,12 @@ def cmd_edit(a: argparse.Namespace) -> int:
     if sdedit_mode:
         with model_call_progress(pipe, int(a.steps * a.strength), f"sdedit {a.strength}", enabled=not a.no_progress):
             edited = pipe.sdedit(images, strength=a.strength, target_class=a.target_class, steps=a.steps,
-                                 guidance=a.guidance, seed=a.seed)
+                                 guidance=a.guidance, seed=a.seed, target_prompt=a.target_prompt)
     else:
         with model_call_progress(pipe, 2 * a.steps, f"edit {a.steps}", enabled=not a.no_progress):
             edited = pipe.edit(images, source_class=a.source_class, target_class=a.target_class, steps=a.steps,
-                               keep_steps=a.keep_steps, guidance=a.guidance)
+                               keep_steps=a.keep_steps, guidance=a.guidance, source_prompt=a.source_prompt,
+                               target_prompt=a.target_prompt)
     out = Path(a.out)
     names = _stem_names(a.images)
     save_pngs(edited, [out / f"{n}_edit.png" for n in names])
@@ -228,13 +277,15 @@ def cmd_interpolate(a: argparse.Namespace) -> int:
     _check_positive("--steps", a.steps)
     if a.num < 2:
         raise ValueError(f"--num must be at least 2, got {a.num}")
+    _check_class_or_prompt(a)
     out = _check_image_out(a.out)
     _check_inputs([a.image_a, a.image_b])
     pipe = _load_pipeline(a)
     images = _load_images(pipe, [a.image_a, a.image_b])
     classes = expand_classes(pipe, a.classes, 2)
+    extra = {"prompts": expand_prompts(a.prompts, 2)} if a.prompts else {}
     with model_call_progress(pipe, 2 * a.steps, f"interpolate {a.num}", enabled=not a.no_progress):
-        frames = pipe.interpolate(images[:1], images[1:], num=a.num, steps=a.steps, classes=classes)
+        frames = pipe.interpolate(images[:1], images[1:], num=a.num, steps=a.steps, classes=classes, **extra)
     save_grid(frames, out, nrow=a.num)
     print(f"wrote {a.num} frames (slerp between the inverted latents) to {out}")
     return 0
@@ -279,9 +330,13 @@ def add_serving_commands(sub) -> None:
     p.add_argument("images", nargs="+", metavar="IMAGE")
     p.add_argument("--class", dest="classes", nargs="+", metavar="C",
                    help="the images' class(es), as for sample (list the images first: --class takes every value after it)")
+    p.add_argument("--prompt", dest="prompts", nargs="+", metavar="TEXT",
+                   help="text-conditioned models: the images' caption(s), one for all or one per image (default: empty prompt)")
     p.add_argument("--fixed-point", type=int, default=0, metavar="K", help="fixed-point refinements per step")
     p.add_argument("--guidance", type=float, default=1.0, help="reconstruct under this guidance scale")
-    p.add_argument("--null-opt", action="store_true", help="null-condition inversion (fit the guided reconstruction)")
+    p.add_argument("--null-opt", action="store_true",
+                   help="null-condition (class models) / null-text (text models) inversion: fit the guided "
+                        "reconstruction; also writes the fitted null_embeddings next to x_T")
     p.add_argument("--noise-format", default="safetensors", choices=["safetensors", "pt"])
     p.add_argument("--out", default="inversion", help="output folder")
     p.set_defaults(fn=cmd_invert)
@@ -290,7 +345,11 @@ def add_serving_commands(sub) -> None:
     _common(p)
     p.add_argument("images", nargs="+", metavar="IMAGE")
     p.add_argument("--source-class", default=None, help="the image's class (class edits)")
-    p.add_argument("--target-class", required=True)
+    p.add_argument("--source-prompt", default=None, metavar="TEXT",
+                   help="text models: a caption of the image (default: the empty prompt, i.e. unconditional inversion)")
+    target = p.add_mutually_exclusive_group(required=True)
+    target.add_argument("--target-class", default=None, help="class models: the class to edit towards")
+    target.add_argument("--target-prompt", default=None, metavar="TEXT", help="text models: the caption to edit towards")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--keep-steps", type=int, default=None,
                       help="first steps that follow the source class (layout); default steps // 5")
@@ -305,10 +364,12 @@ def add_serving_commands(sub) -> None:
     p.add_argument("image_b", metavar="IMAGE_B")
     p.add_argument("--num", type=int, default=8, help="frames, ends included")
     p.add_argument("--class", dest="classes", nargs="+", metavar="C", help="one class for both, or one each")
+    p.add_argument("--prompt", dest="prompts", nargs="+", metavar="TEXT",
+                   help="text models: one prompt for both, or one each (default: empty prompt)")
     p.add_argument("--out", default="interpolation.png")
     p.set_defaults(fn=cmd_interpolate)
 
-    p = sub.add_parser("serve", help="HTTP JSON server (sample / invert / edit)")
+    p = sub.add_parser("serve", help="HTTP JSON server (sample / invert / edit / interpolate)")
     p.add_argument("--model", required=True)
     p.add_argument("--host", default="127.0.0.1", help="bind address (default: loopback only)")
     p.add_argument("--port", type=int, default=8000)
@@ -318,4 +379,4 @@ def add_serving_commands(sub) -> None:
     p.set_defaults(fn=cmd_serve)
 
 
-__all__ = ["add_serving_commands", "expand_classes", "expand_prompts", "save_noise"]
+__all__ = ["add_serving_commands", "expand_classes", "expand_prompts", "load_noise", "replay_inversion", "save_noise"]

@@ -4,8 +4,11 @@
     images = pipe.sample(8, classes=["Sneaker"] * 8, steps=50, guidance=3.0, seed=0)   # (8, C, H, W) in [-1, 1]
     images = text_pipe.sample(2, prompts=["Sneaker", "Bag"], guidance=3.0)             # text models
     inv = pipe.invert(images, classes=..., steps=50)                                   # x_T + reconstruction + PSNR
+    inv = text_pipe.invert(images, prompts=["Sneaker", "Bag"], guidance=3.0, null_optimization=True)  # null-text
+    again = pipe.reconstruct(inv.x_T, prompts=[...], steps=50, guidance=3.0, null_embeddings=inv.null_embeddings)
     edited = pipe.edit(image, source_class="Sneaker", target_class="Sandal", keep_steps=20)
-    frames = pipe.interpolate(img_a, img_b, num=8)
+    edited = text_pipe.edit(image, source_prompt="Sneaker", target_prompt="Sandal", keep_steps=20)
+    frames = pipe.interpolate(img_a, img_b, num=8)                                     # classes= / prompts=
 
 Everything here composes `ldm_system.diffusion` functions with the UNet (`Denoiser`) and the
 frozen stage-1 codec; the denoising loops live in `ldm_system/diffusion/`.
@@ -45,6 +48,10 @@ class InversionResult:
     psnr: list[float]  # dB, per image, on [0, 1]
     ssim: list[float]
     latent_mse: list[float]
+    # null-condition inversion only: the fitted unconditional input of every sampling step, stacked
+    # (steps, B, E) for class models (class-embedding vectors) or (steps, B, L, D) for text models
+    # (null-text states). Replay: `pipe.reconstruct(x_T, ..., guidance=g, null_embeddings=...)`.
+    null_embeddings: torch.Tensor | None = None
 
 
 class LDMPipeline:
@@ -179,36 +186,87 @@ class LDMPipeline:
     # ---- inversion -------------------------------------------------------------------------
     def invert(self, images: torch.Tensor, classes: Sequence[ClassSpec] | None = None, steps: int = 50,
                fixed_point_iters: int = 0, guidance: float = 1.0, null_optimization: bool = False,
-               null_inner_steps: int = 10, null_lr: float = 0.05) -> InversionResult:
+               null_inner_steps: int = 10, null_lr: float = 0.05,
+               prompts: Sequence[str] | None = None) -> InversionResult:
         """DDIM inversion → x_T, then DDIM reconstruction on the same grid; reports PSNR/SSIM/latent MSE.
 
-        With guidance > 1, plain inversion reconstructs under guidance (which drifts) unless
-        `null_optimization` fits per-step null-class embeddings (null-condition inversion).
+        classes (class models) or prompts (text models, one per image; none: the empty prompt)
+        condition both passes. With guidance > 1, plain inversion reconstructs under guidance (which
+        drifts) unless `null_optimization` fits per-step unconditional inputs: null-class embeddings
+        for class models, null-text states for text models (Mokady et al. 2022); they are returned
+        in `InversionResult.null_embeddings`.
         """
         images = self.check_images(images)
-        cond = self.condition(classes, None, images.shape[0])  # text models: the empty prompt
+        n = images.shape[0]
+        cond = self.condition(classes, prompts, n)
+        if null_optimization and (cond is None or guidance == 1.0 or (classes is None and prompts is None)):
+            raise ValueError("null-condition inversion needs a conditional model, classes (class models) or "
+                             "prompts (text models), and guidance != 1")
         z0 = self.codec.encode(images)
         s = self._sampler("ddim", steps)
         with torch.no_grad():
             inv = ddim_invert(self.model_fn, s, z0, num_steps=steps, cond=cond, fixed_point_iters=fixed_point_iters)
-        g = self._guidance(guidance, cond)
-        if null_optimization:
-            if self.net.cfg.conditioning != "class" or cond is None or guidance == 1.0:
-                raise ValueError("null-condition inversion needs a class-conditional model, classes and guidance != 1")
-            null = self.net.class_embedding(torch.tensor([self.net.null_class], device=self.device))
-            ids_emb = self.net.class_embedding(cond).detach()
-            ninv = null_condition_inversion(self.model_fn, s, z0, num_steps=steps, cond=ids_emb,
-                                            null_cond=null.detach().expand(images.shape[0], -1).clone(),
-                                            scale=guidance, inner_steps=null_inner_steps, lr=null_lr, inversion=inv)
+        if not null_optimization:
             with torch.no_grad():
-                zr = reconstruct(self.model_fn, s, inv, cond=ids_emb, guidance=ninv.guidance())
+                zr = reconstruct(self.model_fn, s, inv, cond=cond, guidance=self._guidance(guidance, cond))
+            return self._report(images, z0, inv.x_T, zr)
+        fcond = self._float_cond(cond)
+        ninv = null_condition_inversion(self.model_fn, s, z0, num_steps=steps, cond=fcond,
+                                        null_cond=self._null_start(n), scale=guidance,
+                                        inner_steps=null_inner_steps, lr=null_lr, inversion=inv)
+        with torch.no_grad():
+            zr = reconstruct(self.model_fn, s, inv, cond=fcond, guidance=ninv.guidance())
+        return self._report(images, z0, inv.x_T, zr, null_embeddings=torch.stack(ninv.null_conds))
+
+    def _float_cond(self, cond: torch.Tensor) -> torch.Tensor:
+        """The condition as the float tensor null-condition inversion works with: class ids → their
+        embedding rows (B, E); prompt states (B, L, D) as they are."""
+        return cond if cond.is_floating_point() else self.net.class_embedding(cond).detach()
+
+    def _null_start(self, n: int) -> torch.Tensor:
+        """The unconditional input null-condition inversion starts from, one copy per image: the null
+        class's embedding (n, E), or the empty prompt's states (n, L, D) (null-text inversion)."""
+        if self.net.cfg.conditioning == "text":
+            null = self.text.null()
         else:
-            with torch.no_grad():
-                zr = reconstruct(self.model_fn, s, inv, cond=cond, guidance=g)
-        return self._report(images, z0, inv.x_T, zr)
+            null = self.net.class_embedding(torch.tensor([self.net.null_class], device=self.device))
+        return null.detach().expand(n, *null.shape[1:]).clone()
 
     @torch.no_grad()
-    def _report(self, images, z0, x_T, zr) -> InversionResult:
+    def reconstruct(self, x_T: torch.Tensor, classes: Sequence[ClassSpec] | None = None, steps: int = 50,
+                    guidance: float = 1.0, null_embeddings: torch.Tensor | None = None,
+                    prompts: Sequence[str] | None = None) -> torch.Tensor:
+        """Replay an inversion: DDIM-sample from a saved x_T (B, c, h, w) on the `steps`-step grid under
+        the same classes/prompts and guidance → decoded images (B, C, H, W) in [-1, 1].
+
+        null_embeddings: `InversionResult.null_embeddings` (or the file `ldm invert --null-opt` writes),
+        (steps, B, ...): the per-step unconditional inputs of null-condition inversion. Without them a
+        guided replay is the plain guided reconstruction.
+        """
+        want = tuple(self.latent_shape(1)[1:])
+        if x_T.ndim != 4 or tuple(x_T.shape[1:]) != want:
+            raise ValueError(f"x_T must be (B, {', '.join(map(str, want))}), got {tuple(x_T.shape)}")
+        x_T = x_T.to(self.device).float()
+        n = x_T.shape[0]
+        cond = self.condition(classes, prompts, n)
+        s = self._sampler("ddim", steps)
+        if null_embeddings is None:
+            g = self._guidance(guidance, cond)
+        else:
+            if cond is None or guidance == 1.0:
+                raise ValueError("null_embeddings only apply to a conditional model with guidance != 1 "
+                                 "(pass the guidance the inversion used)")
+            cond = self._float_cond(cond)
+            nulls = null_embeddings.to(self.device).float()
+            if nulls.shape[0] != steps or tuple(nulls.shape[2:]) != tuple(cond.shape[1:]) or nulls.shape[1] not in (1, n):
+                raise ValueError(f"null_embeddings must be (steps={steps}, {n}, {', '.join(map(str, cond.shape[1:]))}), "
+                                 f"got {tuple(nulls.shape)}")
+            g = Guidance(scale=guidance, null_cond=list(nulls.unbind(0)))
+        z = sample(self.model_fn, s, x_T.shape, num_steps=steps, cond=cond, guidance=g, x_T=x_T)
+        return self.codec.decode(z).clamp(-1, 1)
+
+    @torch.no_grad()
+    def _report(self, images, z0, x_T, zr, null_embeddings=None) -> InversionResult:
         from ldm_system.eval.metrics import psnr, ssim
 
         rec = self.codec.decode(zr).clamp(-1, 1)
@@ -216,20 +274,56 @@ class LDMPipeline:
         return InversionResult(
             x_T=x_T, latents=z0, recon_latents=zr, images=images, reconstruction=rec,
             psnr=[float(v) for v in psnr(b, a).reshape(-1)], ssim=[float(v) for v in ssim(b, a).reshape(-1)],
-            latent_mse=[float(v) for v in latent_mse(zr, z0)],
+            latent_mse=[float(v) for v in latent_mse(zr, z0)], null_embeddings=null_embeddings,
         )
 
     # ---- editing ---------------------------------------------------------------------------
+    def _prompt_list(self, prompts: str | Sequence[str] | None, n: int, what: str) -> list[str] | None:
+        """One prompt for every image (a string or a one-element list), or one per image."""
+        if prompts is None:
+            return None
+        values = [prompts] if isinstance(prompts, str) else list(prompts)
+        if not all(isinstance(v, str) for v in values):
+            raise ValueError(f"{what} must be text, got {prompts!r}")
+        if len(values) == 1:
+            values = values * n
+        if len(values) != n:
+            raise ValueError(f"{what}: give one prompt or one per image ({n}), got {len(values)}")
+        return values
+
     @torch.no_grad()
-    def edit(self, images: torch.Tensor, source_class: ClassSpec, target_class: ClassSpec, steps: int = 50,
-             keep_steps: int | None = None, guidance: float = 1.0) -> torch.Tensor:
-        """Invert under the source class, regenerate under the target class; the first `keep_steps`
-        steps (default: a fifth of them) follow the source class to keep the layout."""
+    def edit(self, images: torch.Tensor, source_class: ClassSpec | None = None, target_class: ClassSpec | None = None,
+             steps: int = 50, keep_steps: int | None = None, guidance: float = 1.0,
+             source_prompt: str | None = None, target_prompt: str | None = None) -> torch.Tensor:
+        """Invert under the source condition, regenerate under the target condition; the first
+        `keep_steps` steps (default: a fifth of them) follow the source to keep the layout.
+
+        Class models: source_class and target_class. Text models: target_prompt, and source_prompt
+        (a caption of the input; default "" — the empty prompt, i.e. unconditional inversion).
+        """
         images = self.check_images(images)
         n = images.shape[0]
-        src, tgt = self.class_ids([source_class] * n, n), self.class_ids([target_class] * n, n)
-        if src is None:
-            raise ValueError("class edits need a class-conditional model")
+        kind = self.net.cfg.conditioning
+        given_class = source_class is not None or target_class is not None
+        given_prompt = source_prompt is not None or target_prompt is not None
+        if given_class and given_prompt:
+            raise ValueError("give source/target classes (class-conditional models) or source/target prompts "
+                             "(text-conditioned models), not both")
+        if kind == "text":
+            if given_class:
+                raise ValueError("this model is text-conditional; edit with source_prompt/target_prompt, not classes")
+            if target_prompt is None:
+                raise ValueError("a text edit needs target_prompt (source_prompt defaults to '', the empty prompt)")
+            src = self.condition(None, self._prompt_list(source_prompt or "", n, "source_prompt"), n)
+            tgt = self.condition(None, self._prompt_list(target_prompt, n, "target_prompt"), n)
+        elif kind == "class":
+            if given_prompt:
+                raise ValueError("this model is not text-conditional; edit with source_class/target_class, not prompts")
+            if source_class is None or target_class is None:
+                raise ValueError("a class edit needs source_class and target_class")
+            src, tgt = self.class_ids([source_class] * n, n), self.class_ids([target_class] * n, n)
+        else:
+            raise ValueError("edits need a class- or text-conditional model (this one is unconditional; try sdedit)")
         keep = steps // 5 if keep_steps is None else keep_steps
         z0 = self.codec.encode(images)
         z = class_edit(self.model_fn, self._sampler("ddim", steps), z0, num_steps=steps, source_cond=src,
@@ -238,10 +332,14 @@ class LDMPipeline:
 
     @torch.no_grad()
     def sdedit(self, images: torch.Tensor, strength: float = 0.6, target_class: ClassSpec | None = None,
-               steps: int = 50, guidance: float = 1.0, seed: int = 0) -> torch.Tensor:
+               steps: int = 50, guidance: float = 1.0, seed: int = 0,
+               target_prompt: str | Sequence[str] | None = None) -> torch.Tensor:
+        """SDEdit towards target_class (class models) or target_prompt (text models; one prompt or one
+        per image); neither: unconditional."""
         images = self.check_images(images)
         n = images.shape[0]
-        cond = self.condition(None if target_class is None else [target_class] * n, None, n)
+        cond = self.condition(None if target_class is None else [target_class] * n,
+                              self._prompt_list(target_prompt, n, "target_prompt"), n)
         z0 = self.codec.encode(images)
         gen = torch.Generator(device="cpu").manual_seed(seed)
         z = sdedit(self.model_fn, self._sampler("ddim", steps), z0, num_steps=steps, strength=strength, cond=cond,
@@ -250,12 +348,16 @@ class LDMPipeline:
 
     @torch.no_grad()
     def interpolate(self, image_a: torch.Tensor, image_b: torch.Tensor, num: int = 8, steps: int = 50,
-                    classes: Sequence[ClassSpec] | None = None) -> torch.Tensor:
-        """Invert both images, slerp their x_T, decode every point: (num, C, H, W)."""
+                    classes: Sequence[ClassSpec] | None = None,
+                    prompts: str | Sequence[str] | None = None) -> torch.Tensor:
+        """Invert both images, slerp their x_T, decode every point: (num, C, H, W).
+
+        classes: one per image (class models); prompts: one for both or one per image (text models).
+        The condition is blended linearly along the path (class embeddings or prompt states)."""
         if num < 2:
             raise ValueError(f"num must be at least 2, got {num}")
         images = self.check_images(torch.cat([image_a, image_b]))
-        cond = self.condition(classes, None, 2)
+        cond = self.condition(classes, self._prompt_list(prompts, 2, "prompts"), 2)
         z0 = self.codec.encode(images)
         s = self._sampler("ddim", steps)
         xT = ddim_invert(self.model_fn, s, z0, num_steps=steps, cond=cond).x_T

@@ -4,6 +4,8 @@
     POST /sample    {"num": 4, "classes": "Sneaker", "steps": 50, "guidance": 3}  → {"images": [b64 PNG, ...]}
     POST /invert    {"images": [b64], "classes": ..., "steps": 50, ...}           → reconstructions + PSNR/SSIM
     POST /edit      {"images": [b64], "source_class": ..., "target_class": ...}   → edited images
+                    (text models: "source_prompt" / "target_prompt"; SDEdit with "strength")
+    POST /interpolate {"images": [b64 a, b64 b], "num": 8, "steps": 50}            → {"frames": [b64 PNG, ...]}
 
 The model is loaded once. Inference is serialised with a lock: one model on a CPU gains nothing
 from concurrent forward passes, and the pipeline temporarily swaps attributes (progress hooks) that
@@ -29,7 +31,7 @@ from fastapi.responses import JSONResponse
 
 from ldm_system.diffusion.samplers import SAMPLERS
 from ldm_system.serving.image_io import ImageDecodeError, ImageSizeError, b64_to_tensor, tensor_to_b64png
-from ldm_system.serving.schemas import EditRequest, InvertRequest, SampleRequest
+from ldm_system.serving.schemas import EditRequest, InterpolateRequest, InvertRequest, SampleRequest
 
 logger = logging.getLogger(__name__)
 
@@ -80,6 +82,10 @@ class _Handlers:
     def classes(self, spec, n: int) -> list | None:
         if spec is None:
             return None
+        kind = self.pipe.net.cfg.conditioning
+        if kind != "class":
+            raise _invalid("this model is text-conditional; pass prompts, not classes" if kind == "text"
+                           else "this model is not class-conditional; do not pass classes")
         values = spec if isinstance(spec, list) else [spec]
         if len(values) == 1:
             values = values * n
@@ -90,6 +96,8 @@ class _Handlers:
         return values
 
     def prompts(self, spec, n: int) -> list[str]:
+        if self.pipe.net.cfg.conditioning != "text":
+            raise _invalid("this model is not text-conditional; pass classes, not prompts")
         values = spec if isinstance(spec, list) else [spec]
         if len(values) == 1:
             values = values * n
@@ -156,14 +164,18 @@ class _Handlers:
         self.check_guidance(r.guidance)
         if not 0 <= r.fixed_point_iters <= self.limits.max_fixed_point_iters:
             raise _invalid(f"fixed_point_iters must lie in 0..{self.limits.max_fixed_point_iters}, got {r.fixed_point_iters}")
+        if r.classes is not None and r.prompts is not None:
+            raise _invalid("give classes (class-conditional models) or prompts (text models), not both")
+        if r.null_optimization and (r.classes is None and r.prompts is None or r.guidance == 1.0):
+            raise _invalid("null_optimization needs classes (class models) or prompts (text models) and a "
+                           "guidance other than 1")
         images = self.images(r.images, r.resize)
         classes = self.classes(r.classes, images.shape[0])
-        if r.null_optimization and (classes is None or r.guidance == 1.0):
-            raise _invalid("null_optimization needs classes and a guidance other than 1")
+        extra = {} if r.prompts is None else {"prompts": self.prompts(r.prompts, images.shape[0])}
         with self.lock:
             t0 = time.perf_counter()
             res = self.pipe.invert(images, classes=classes, steps=r.steps, fixed_point_iters=r.fixed_point_iters,
-                                   guidance=r.guidance, null_optimization=r.null_optimization)
+                                   guidance=r.guidance, null_optimization=r.null_optimization, **extra)
             seconds = time.perf_counter() - t0
         out = {"reconstructions": tensor_to_b64png(res.reconstruction), "psnr": res.psnr, "ssim": res.ssim,
                "latent_mse": res.latent_mse, "seconds": seconds}
@@ -181,25 +193,54 @@ class _Handlers:
             raise _invalid("give keep_steps (class edit) or strength (SDEdit), not both")
         if sdedit_mode and not 0 < r.strength <= 1:
             raise _invalid(f"strength must lie in (0, 1], got {r.strength}")
-        if not sdedit_mode and r.source_class is None:
+        text_edit = r.target_prompt is not None
+        if (r.target_class is None) == (r.target_prompt is None):
+            raise _invalid("give exactly one of target_class (class-conditional models) or target_prompt "
+                           "(text-conditioned models)")
+        if text_edit and r.source_class is not None or not text_edit and r.source_prompt is not None:
+            raise _invalid("give source_class/target_class (class models) or source_prompt/target_prompt "
+                           "(text models), not a mix")
+        if text_edit:  # a prompt for a class model, or a class for a text model → 422 naming the right kind
+            self.prompts(r.target_prompt, 1)
+        else:
+            self.classes(r.target_class, 1)
+        if not sdedit_mode and not text_edit and r.source_class is None:
             raise _invalid("source_class is required for a class edit (or set strength for SDEdit)")
         if r.keep_steps is not None and not 0 <= r.keep_steps <= r.steps:
             raise _invalid(f"keep_steps must lie in [0, steps={r.steps}], got {r.keep_steps}")
-        images = self.images(r.images, r.resize)
-        n = images.shape[0]
-        self.classes(r.target_class, n)
         if r.source_class is not None:
-            self.classes(r.source_class, n)
+            self.classes(r.source_class, 1)
+        images = self.images(r.images, r.resize)
         with self.lock:
             t0 = time.perf_counter()
             if sdedit_mode:
                 edited = self.pipe.sdedit(images, strength=r.strength, target_class=r.target_class, steps=r.steps,
-                                          guidance=r.guidance, seed=r.seed)
+                                          guidance=r.guidance, seed=r.seed, target_prompt=r.target_prompt)
             else:
                 edited = self.pipe.edit(images, source_class=r.source_class, target_class=r.target_class,
-                                        steps=r.steps, keep_steps=r.keep_steps, guidance=r.guidance)
+                                        steps=r.steps, keep_steps=r.keep_steps, guidance=r.guidance,
+                                        source_prompt=r.source_prompt, target_prompt=r.target_prompt)
             seconds = time.perf_counter() - t0
-        return {"images": tensor_to_b64png(edited), "mode": "sdedit" if sdedit_mode else "class", "seconds": seconds}
+        mode = "sdedit" if sdedit_mode else "text" if text_edit else "class"
+        return {"images": tensor_to_b64png(edited), "mode": mode, "seconds": seconds}
+
+    def interpolate(self, r: InterpolateRequest) -> dict:
+        self.check_steps(r.steps)
+        if len(r.images) != 2:
+            raise _invalid(f"images: interpolation takes exactly two images (the ends), got {len(r.images)}")
+        if not 2 <= r.num <= self.limits.max_batch:
+            raise _invalid(f"num must lie in 2..{self.limits.max_batch} (frames, both ends included; server limit), "
+                           f"got {r.num}")
+        if r.classes is not None and r.prompts is not None:
+            raise _invalid("give classes (class-conditional models) or prompts (text models), not both")
+        images = self.images(r.images, r.resize)
+        classes = self.classes(r.classes, 2)
+        extra = {} if r.prompts is None else {"prompts": self.prompts(r.prompts, 2)}
+        with self.lock:
+            t0 = time.perf_counter()
+            frames = self.pipe.interpolate(images[:1], images[1:], num=r.num, steps=r.steps, classes=classes, **extra)
+            seconds = time.perf_counter() - t0
+        return {"frames": tensor_to_b64png(frames), "size": self.pipe.image_size, "seconds": seconds}
 
 
 def _flatten_validation(exc: RequestValidationError) -> str:
@@ -213,7 +254,8 @@ def _flatten_validation(exc: RequestValidationError) -> str:
 def create_app(pipeline, limits: ServerLimits = ServerLimits()) -> FastAPI:
     """The FastAPI app serving an already-loaded pipeline (load it once, outside)."""
     h = _Handlers(pipeline, limits)
-    app = FastAPI(title="ldm-system", version="1", summary="sample / invert / edit with a latent diffusion model")
+    app = FastAPI(title="ldm-system", version="1",
+                  summary="sample / invert / edit / interpolate with a latent diffusion model")
     app.state.handlers = h
 
     @app.middleware("http")
@@ -248,6 +290,10 @@ def create_app(pipeline, limits: ServerLimits = ServerLimits()) -> FastAPI:
     def edit(req: EditRequest) -> dict:
         return h.edit(req)
 
+    @app.post("/interpolate")
+    def interpolate(req: InterpolateRequest) -> dict:
+        return h.interpolate(req)
+
     return app
 
 
@@ -269,7 +315,7 @@ def serve(model: str | Path, host: str = "127.0.0.1", port: int = 8000, limits: 
     if not is_loopback(host):
         logger.warning("binding %s: the server has no authentication; anyone who can reach this address can use it", host)
     pipe = LDMPipeline.from_pretrained(model, device=device)
-    print(f"serving {model} on http://{host}:{port}  (GET /health, POST /sample /invert /edit)")
+    print(f"serving {model} on http://{host}:{port}  (GET /health, POST /sample /invert /edit /interpolate)")
     uvicorn.run(create_app(pipe, limits), host=host, port=port, log_level="info")
 
 

@@ -65,3 +65,23 @@ def test_class_count_must_match_the_batch(serving_pipe):
 def test_null_optimization_needs_guidance(serving_pipe, held_out):
     with pytest.raises(ValueError, match="null-condition inversion needs"):
         serving_pipe.invert(held_out[0][:1], classes=[0], steps=2, null_optimization=True)
+    with pytest.raises(ValueError, match="null-condition inversion needs"):  # no class to guide towards
+        serving_pipe.invert(held_out[0][:1], steps=2, guidance=3.0, null_optimization=True)
+
+
+def test_prompts_on_a_class_model_and_edits_without_a_target(serving_pipe, held_out):
+    x = held_out[0][:1]
+    with pytest.raises(ValueError, match="this model is not text-conditional; pass classes, not prompts"):
+        serving_pipe.invert(x, prompts=["a bag"], steps=2)
+    with pytest.raises(ValueError, match="this model is not text-conditional; pass classes, not prompts"):
+        serving_pipe.sdedit(x, strength=0.5, target_prompt="a bag", steps=2)
+    with pytest.raises(ValueError, match="this model is not text-conditional; pass classes, not prompts"):
+        serving_pipe.interpolate(x, x, num=2, steps=2, prompts="a bag")
+    with pytest.raises(ValueError, match="this model is not text-conditional; edit with source_class/target_class"):
+        serving_pipe.edit(x, source_prompt="a shoe", target_prompt="a bag", steps=2)
+    with pytest.raises(ValueError, match="a class edit needs source_class and target_class"):
+        serving_pipe.edit(x, source_class=0, steps=2)
+    with pytest.raises(ValueError, match="not both"):
+        serving_pipe.edit(x, 0, 1, steps=2, target_prompt="a bag")
+    with pytest.raises(ValueError, match="null_embeddings only apply to .* guidance != 1"):
+        serving_pipe.reconstruct(torch.zeros(1, 3, 8, 8), classes=[0], steps=2, null_embeddings=torch.zeros(2, 1, 8))

@@ -81,6 +81,43 @@ def test_invert_noise_as_pt(serving_model_dir, held_out_files, tmp_path, capsys)
     assert saved["x_T"].shape == (1, 3, 8, 8) and saved["steps"] == "3"
 
 
+def test_invert_null_opt_writes_null_embeddings_that_replay(serving_model_dir, serving_pipe, held_out_files, tmp_path,
+                                                             capsys):
+    """--null-opt saves the fitted per-step null embeddings next to x_T; x_T + those embeddings replay
+    the saved reconstruction (`pipe.reconstruct`), x_T alone gives the plain guided one."""
+    from ldm_system.serving.cli import load_noise, replay_inversion
+    from ldm_system.serving.image_io import open_image_file
+
+    paths, labels = held_out_files
+    out_dir = tmp_path / "inv"
+    code, out, err = run(capsys, "invert", "--model", serving_model_dir, paths[0], "--class", labels[0], "--steps", 4,
+                         "--guidance", 3, "--null-opt", "--out", out_dir, "--no-progress")
+    assert code == 0, err
+    assert "null_embeddings.safetensors" in out
+    x_T, meta = load_noise(out_dir / "x_T.safetensors")
+    nulls, null_meta = load_noise(out_dir / "null_embeddings.safetensors", "null_embeddings")
+    emb = serving_pipe.net.class_embedding(torch.tensor([0])).shape[1]
+    assert nulls.shape == (4, 1, emb) and null_meta == meta and meta["null_optimization"] == "True"
+    saved = open_image_file(out_dir / f"{paths[0].stem}_recon.png", 32, 1).tensor  # [-1, 1], 8-bit
+    replay = replay_inversion(serving_pipe, out_dir)
+    assert (replay - saved).abs().max() <= 1.01 / 127.5  # the PNG's rounding, nothing more
+    direct = serving_pipe.reconstruct(x_T, classes=[labels[0]], steps=4, guidance=3.0, null_embeddings=nulls)
+    torch.testing.assert_close(direct, replay, atol=0, rtol=0)
+    plain = serving_pipe.reconstruct(x_T, classes=[labels[0]], steps=4, guidance=3.0)
+    assert (plain - saved).abs().max() > 0.05  # the embeddings matter
+
+
+def test_edit_needs_exactly_one_target(serving_model_dir, held_out_files, capsys):
+    img = str(held_out_files[0][0])
+    for target in ([], ["--target-class", "1", "--target-prompt", "a bag"]):
+        with pytest.raises(SystemExit) as exc:
+            main(["edit", "--model", str(serving_model_dir), img, "--source-class", "0", *target])
+        assert exc.value.code == 2
+        err = capsys.readouterr().err
+        assert ("one of the arguments --target-class --target-prompt is required" in err if not target
+                else "argument --target-prompt: not allowed with argument --target-class" in err), err
+
+
 def test_edit_class_and_sdedit_modes(serving_model_dir, held_out_files, tmp_path, capsys):
     paths, labels = held_out_files
     code, out, err = run(capsys, "edit", "--model", serving_model_dir, paths[0], "--source-class", labels[0],
@@ -119,6 +156,12 @@ def test_interpolate_writes_one_row(serving_model_dir, held_out_files, tmp_path,
     (["invert", "MISSING.png"], "ldm invert: error: image not found: MISSING.png"),
     (["invert", "{img}", "--steps", -1], "ldm invert: error: --steps must be positive, got -1"),
     (["invert", "{img}", "--guidance", 3, "--null-opt"], "ldm invert: error: --null-opt needs --class"),
+    (["invert", "{img}", "--class", 1, "--prompt", "a bag"], "ldm invert: error: give --class (class-conditional models) or --prompt"),
+    (["invert", "{img}", "--prompt", "a bag", "--steps", 2], "ldm invert: error: this model is not text-conditional"),
+    (["edit", "{img}", "--source-class", 0, "--target-prompt", "a bag"], "ldm edit: error: give --source-class/--target-class (class models) or"),
+    (["edit", "{img}", "--source-prompt", "a shoe", "--target-class", 1], "ldm edit: error: give --source-class/--target-class"),
+    (["edit", "{img}", "--target-prompt", "a bag", "--steps", 2], "ldm edit: error: this model is not text-conditional; edit with source_class/target_class"),
+    (["interpolate", "{img}", "{img}", "--prompt", "a", "--steps", 2], "ldm interpolate: error: this model is not text-conditional"),
     (["edit", "{img}", "--target-class", 1], "ldm edit: error: --source-class is required"),
     (["edit", "{img}", "--source-class", 0, "--target-class", 1, "--steps", 10, "--keep-steps", 11],
      "ldm edit: error: --keep-steps must lie in [0, --steps=10], got 11"),

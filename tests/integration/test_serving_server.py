@@ -117,6 +117,17 @@ def test_edit_class_and_sdedit(client, held_out):
     assert r.status_code == 200 and r.json()["mode"] == "sdedit"
 
 
+def test_interpolate_returns_the_frames(client, serving_pipe, held_out):
+    images, labels = held_out
+    body = {"images": tensor_to_b64png(images[:2]), "classes": labels[:2], "num": 3, "steps": 4}
+    r = client.post("/interpolate", json=body)
+    assert r.status_code == 200, r.text
+    frames = r.json()["frames"]
+    assert len(frames) == 3 and all(decode_png(f).size == (32, 32) for f in frames)
+    local = serving_pipe.interpolate(images[:1], images[1:2], num=3, steps=4, classes=labels[:2])
+    assert frames == tensor_to_b64png(local)  # the in-process call, byte for byte
+
+
 @pytest.mark.parametrize("path, body, status, detail", [
     ("/sample", {"num": 1, "steps": 21}, 422, "steps must lie in 1..20 (server limit), got 21"),
     ("/sample", {"num": 1, "steps": 0}, 422, "steps must lie in 1..20"),
@@ -143,6 +154,19 @@ def test_edit_class_and_sdedit(client, held_out):
      "keep_steps must lie in [0, steps=4], got 5"),
     ("/edit", {"images": ["{png}"], "target_class": 1, "steps": 4, "strength": 0.5, "keep_steps": 1}, 422,
      "give keep_steps (class edit) or strength (SDEdit), not both"),
+    ("/edit", {"images": ["{png}"], "source_class": 0, "steps": 4}, 422,
+     "give exactly one of target_class (class-conditional models) or target_prompt (text-conditioned models)"),
+    ("/edit", {"images": ["{png}"], "target_class": 1, "target_prompt": "a bag", "steps": 4}, 422, "give exactly one of"),
+    ("/edit", {"images": ["{png}"], "target_prompt": "a bag", "steps": 4}, 422, "this model is not text-conditional"),
+    ("/invert", {"images": ["{png}"], "steps": 2, "prompts": "a bag"}, 422, "this model is not text-conditional"),
+    ("/interpolate", {"images": ["{png}", "{png}"], "num": 5, "steps": 2}, 422,
+     "num must lie in 2..4 (frames, both ends included; server limit), got 5"),
+    ("/interpolate", {"images": ["{png}", "{png}"], "num": 1, "steps": 2}, 422, "num must lie in 2..4"),
+    ("/interpolate", {"images": ["{png}", "{png}"], "num": 3, "steps": 21}, 422, "steps must lie in 1..20 (server limit), got 21"),
+    ("/interpolate", {"images": ["{png}"], "num": 3, "steps": 2}, 422, "interpolation takes exactly two images (the ends), got 1"),
+    ("/interpolate", {"images": ["{png}", "not base64!!"], "num": 3, "steps": 2}, 400, "images[1]: not valid base64"),
+    ("/interpolate", {"images": ["{png}", "{png}"], "num": 3, "steps": 2, "classes": [1, 2, 3]}, 422, "classes: give one value or one per image (2), got 3"),
+    ("/interpolate", {"images": ["{png}", "{png}"], "steps": 2, "frames": 3}, 422, "frames: Extra inputs are not permitted"),
     ("/edit", {"images": ["{png}"], "source_class": 0, "target_class": "Hat", "steps": 4}, 422, "unknown class 'Hat'"),
 ])
 def test_bad_requests_get_clear_4xx(client, path, body, status, detail):
