@@ -296,8 +296,25 @@ def cmd_serve(a: argparse.Namespace) -> int:
 
     _check_positive("--port", a.port)
     limits = ServerLimits(max_steps=a.max_steps, max_batch=a.max_batch)
-    serve(a.model, host=a.host, port=a.port, limits=limits, device=a.device)
+    serve(a.model, host=a.host, port=a.port, limits=limits, device=a.device, token=server_token(a.token_file))
     return 0
+
+
+def server_token(token_file: str | None) -> str | None:
+    """The bearer token from --token-file (first line) or LDM_SERVE_TOKEN; None: no authentication.
+    Not a command-line value, which any local user could read in the process list."""
+    import os
+
+    if token_file is not None:
+        path = Path(token_file)
+        if not path.is_file():
+            raise FileNotFoundError(f"--token-file {token_file}: no such file")
+        lines = path.read_text().strip().splitlines()
+        token = lines[0].strip() if lines else ""
+        if not token:
+            raise ValueError(f"--token-file {token_file} is empty")
+        return token
+    return os.environ.get("LDM_SERVE_TOKEN") or None
 
 
 # ---- parser -------------------------------------------------------------------------------------
@@ -376,6 +393,8 @@ def add_serving_commands(sub) -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--max-steps", type=int, default=200)
     p.add_argument("--max-batch", type=int, default=16)
+    p.add_argument("--token-file", default=None, metavar="F",
+                   help="require `Authorization: Bearer <first line of F>` (or set LDM_SERVE_TOKEN)")
     p.set_defaults(fn=cmd_serve)
 
 

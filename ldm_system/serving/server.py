@@ -7,6 +7,9 @@
                     (text models: "source_prompt" / "target_prompt"; SDEdit with "strength")
     POST /interpolate {"images": [b64 a, b64 b], "num": 8, "steps": 50}            → {"frames": [b64 PNG, ...]}
 
+With a token (`LDM_SERVE_TOKEN`, or `ldm serve --token-file F`), every endpoint except /health
+needs `Authorization: Bearer <token>` (401 otherwise); /health stays open for load-balancer probes.
+
 The model is loaded once. Inference is serialised with a lock: one model on a CPU gains nothing
 from concurrent forward passes, and the pipeline temporarily swaps attributes (progress hooks) that
 must not interleave. Errors are JSON `{"detail": "one readable sentence"}`: 400 for payloads that
@@ -16,6 +19,7 @@ beyond the limits, unknown class, wrong image size).
 from __future__ import annotations
 
 import base64
+import hmac
 import ipaddress
 import logging
 import math
@@ -251,20 +255,36 @@ def _flatten_validation(exc: RequestValidationError) -> str:
     return "; ".join(parts)
 
 
-def create_app(pipeline, limits: ServerLimits = ServerLimits()) -> FastAPI:
-    """The FastAPI app serving an already-loaded pipeline (load it once, outside)."""
+def create_app(pipeline, limits: ServerLimits = ServerLimits(), token: str | None = None) -> FastAPI:
+    """The FastAPI app serving an already-loaded pipeline (load it once, outside).
+
+    token: when set, requests other than GET /health must carry `Authorization: Bearer <token>`.
+    """
+    if token is not None and len(token) < 16:
+        raise ValueError("the server token must have at least 16 characters")
     h = _Handlers(pipeline, limits)
     app = FastAPI(title="ldm-system", version="1",
                   summary="sample / invert / edit / interpolate with a latent diffusion model")
     app.state.handlers = h
 
     @app.middleware("http")
-    async def _limit_body(request: Request, call_next):
+    async def _limit_body(request: Request, call_next):  # registered first, so it runs after _auth
         size = request.headers.get("content-length")
         if size is not None and size.isdigit() and int(size) > limits.max_body_bytes:
             return JSONResponse(status_code=413, content={"detail": f"request body of {size} bytes exceeds the "
                                                           f"server limit of {limits.max_body_bytes}"})
         return await call_next(request)
+
+    if token is not None:
+        expected = f"Bearer {token}".encode()
+
+        @app.middleware("http")
+        async def _auth(request: Request, call_next):  # before the body is read or anything is decoded
+            given = request.headers.get("authorization", "").encode()
+            if request.url.path != "/health" and not hmac.compare_digest(given, expected):
+                return JSONResponse(status_code=401, content={"detail": "missing or wrong bearer token"},
+                                    headers={"WWW-Authenticate": "Bearer"})
+            return await call_next(request)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError):  # one readable line, not pydantic's list
@@ -307,16 +327,19 @@ def is_loopback(host: str) -> bool:
 
 
 def serve(model: str | Path, host: str = "127.0.0.1", port: int = 8000, limits: ServerLimits = ServerLimits(),
-          device: str = "cpu") -> None:
+          device: str = "cpu", token: str | None = None) -> None:
     import uvicorn
 
     from ldm_system.serving.pipeline import LDMPipeline
 
-    if not is_loopback(host):
-        logger.warning("binding %s: the server has no authentication; anyone who can reach this address can use it", host)
+    if not is_loopback(host) and token is None:
+        logger.warning("binding %s without a token: anyone who can reach this address can use the server "
+                       "(set LDM_SERVE_TOKEN or --token-file)", host)
     pipe = LDMPipeline.from_pretrained(model, device=device)
-    print(f"serving {model} on http://{host}:{port}  (GET /health, POST /sample /invert /edit /interpolate)")
-    uvicorn.run(create_app(pipe, limits), host=host, port=port, log_level="info")
+    app = create_app(pipe, limits, token=token)
+    auth = "bearer token required" if token else "no authentication"
+    print(f"serving {model} on http://{host}:{port}  (GET /health, POST /sample /invert /edit /interpolate; {auth})")
+    uvicorn.run(app, host=host, port=port, log_level="info")
 
 
 __all__ = ["ServerLimits", "create_app", "is_loopback", "serve"]

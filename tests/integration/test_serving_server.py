@@ -255,3 +255,34 @@ def test_ldm_serve_command_end_to_end(serving_model_dir):
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_bearer_token_guards_every_endpoint_but_health(serving_pipe, tmp_path, monkeypatch):
+    from fastapi.testclient import TestClient
+
+    from ldm_system.serving.cli import server_token
+
+    token = "s3cret-token-0123456789"
+    with pytest.raises(ValueError, match="at least 16 characters"):
+        create_app(serving_pipe, LIMITS, token="short")
+    app = TestClient(create_app(serving_pipe, LIMITS, token=token))
+    body = {"num": 1, "classes": "Sneaker", "steps": 2}
+    assert app.get("/health").status_code == 200  # probes stay open
+    for headers in ({}, {"Authorization": "Bearer wrong-token-0123456789"}, {"Authorization": token}):
+        r = app.post("/sample", json=body, headers=headers)
+        assert r.status_code == 401 and r.json()["detail"] == "missing or wrong bearer token"
+        assert r.headers["www-authenticate"] == "Bearer"
+    r = app.post("/sample", json=body, headers={"Authorization": f"Bearer {token}"})
+    assert r.status_code == 200 and len(r.json()["images"]) == 1
+    # where the token comes from: a file's first line, else the environment, else none
+    (tmp_path / "tok").write_text(f"{token}\n")
+    assert server_token(str(tmp_path / "tok")) == token
+    (tmp_path / "empty").write_text("\n")
+    with pytest.raises(ValueError, match="is empty"):
+        server_token(str(tmp_path / "empty"))
+    with pytest.raises(FileNotFoundError, match="no such file"):
+        server_token(str(tmp_path / "missing"))
+    monkeypatch.setenv("LDM_SERVE_TOKEN", token)
+    assert server_token(None) == token
+    monkeypatch.delenv("LDM_SERVE_TOKEN")
+    assert server_token(None) is None
