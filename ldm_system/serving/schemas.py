@@ -41,7 +41,7 @@ class InvertRequest(_ImagesRequest):
     prompts: Optional[Union[str, list[str]]] = Field(None, description="text-conditioned models: one prompt, or one per image")
     fixed_point_iters: int = 0
     null_optimization: bool = False
-    return_noise: bool = Field(False, description="also return x_T (float32, little-endian, base64)")
+    return_noise: bool = Field(False, description="also return x_T (float32, little-endian, base64) and, with null_optimization, the fitted null embeddings")
 
 
 class EditRequest(_ImagesRequest):

@@ -184,9 +184,9 @@ class _Handlers:
         out = {"reconstructions": tensor_to_b64png(res.reconstruction), "psnr": res.psnr, "ssim": res.ssim,
                "latent_mse": res.latent_mse, "seconds": seconds}
         if r.return_noise:
-            x = res.x_T.detach().cpu().float().contiguous()
-            out["noise"] = {"shape": list(x.shape), "dtype": "float32", "byte_order": "little",
-                            "data": base64.b64encode(x.numpy().astype("<f4").tobytes()).decode("ascii")}
+            out["noise"] = _tensor_json(res.x_T)
+            if res.null_embeddings is not None:  # (steps, B, ...): replay with pipe.reconstruct(null_embeddings=)
+                out["null_embeddings"] = _tensor_json(res.null_embeddings)
         return out
 
     def edit(self, r: EditRequest) -> dict:
@@ -245,6 +245,13 @@ class _Handlers:
             frames = self.pipe.interpolate(images[:1], images[1:], num=r.num, steps=r.steps, classes=classes, **extra)
             seconds = time.perf_counter() - t0
         return {"frames": tensor_to_b64png(frames), "size": self.pipe.image_size, "seconds": seconds}
+
+
+def _tensor_json(t: torch.Tensor) -> dict:
+    """A tensor as JSON: shape + base64 of its float32 little-endian bytes (numpy: frombuffer(..., "<f4"))."""
+    x = t.detach().cpu().float().contiguous()
+    return {"shape": list(x.shape), "dtype": "float32", "byte_order": "little",
+            "data": base64.b64encode(x.numpy().astype("<f4").tobytes()).decode("ascii")}
 
 
 def _flatten_validation(exc: RequestValidationError) -> str:

@@ -98,6 +98,29 @@ def test_invert_reports_psnr_and_returns_noise(client, serving_pipe, held_out):
     assert torch.allclose(torch.from_numpy(x_T.copy()), local.x_T, atol=1e-5)
 
 
+def test_null_optimized_invert_returns_embeddings_that_replay(client, serving_pipe, held_out):
+    images, labels = held_out
+    body = {"images": tensor_to_b64png(images[:1]), "classes": labels[:1], "steps": 3, "guidance": 3.0,
+            "null_optimization": True, "return_noise": True}
+    r = client.post("/invert", json=body)
+    assert r.status_code == 200, r.text
+    out = r.json()
+
+    def tensor(d):
+        return torch.from_numpy(np.frombuffer(base64.b64decode(d["data"]), dtype="<f4").reshape(d["shape"]).copy())
+
+    nulls = tensor(out["null_embeddings"])
+    assert nulls.shape[:2] == (3, 1)  # (steps, B, E)
+    replay = serving_pipe.reconstruct(tensor(out["noise"]), classes=labels[:1], steps=3, guidance=3.0,
+                                      null_embeddings=nulls)
+    served = torch.from_numpy(np.asarray(decode_png(out["reconstructions"][0]), dtype=np.float32)) / 127.5 - 1
+    assert (replay[0, 0] - served).abs().max() <= 1.01 / 127.5  # equal up to the PNG's 8-bit rounding
+    without = serving_pipe.reconstruct(tensor(out["noise"]), classes=labels[:1], steps=3, guidance=3.0)
+    assert (without[0, 0] - served).abs().max() > 0.05  # the embeddings are what makes the replay match
+    plain = client.post("/invert", json={**body, "null_optimization": False}).json()
+    assert "null_embeddings" not in plain
+
+
 def test_invert_resize_policy_is_opt_in(client):
     wrong = {"images": [png_b64((28, 28))], "steps": 2}
     r = client.post("/invert", json=wrong)
