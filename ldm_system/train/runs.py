@@ -52,7 +52,7 @@ class LDMRunConfig:
     autoencoder: str = ""
 
 
-def _stream_factory(cfg: StreamConfig):
+def stream_factory(cfg: StreamConfig):
     return lambda rank, world: make_loader(cfg, rank=rank, world_size=world)
 
 
@@ -64,7 +64,7 @@ def run_autoencoder(cfg: AERunConfig, resume: str | None = None) -> Path:
     from autoencoders.stage1 import Stage1Task
 
     task = Stage1Task(cfg.stage1())
-    trainer = Trainer(task, _stream_factory(cfg.data), cfg.train, run_config=cfg)
+    trainer = Trainer(task, stream_factory(cfg.data), cfg.train, run_config=cfg)
     trainer.fit(resume=resume)
     out = Path(cfg.train.out_dir) / "autoencoder"
     acc = trainer.accelerator
@@ -147,7 +147,7 @@ def run_ldm(cfg: LDMRunConfig, resume: str | None = None, init_from: str | None 
     init = load_init_unet(init_from, cfg.unet) if init_from else None
     task = DiffusionTask(cfg.unet, cfg.diffusion, cfg.optim, codec, kind, cfg.preview, init_unet=init, info=info,
                          text=build_text_encoder(cfg))
-    trainer = Trainer(task, _stream_factory(cfg.data), cfg.train, run_config=cfg)
+    trainer = Trainer(task, stream_factory(cfg.data), cfg.train, run_config=cfg)
     trainer.fit(resume=resume)
     return trainer
 

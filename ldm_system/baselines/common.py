@@ -1,0 +1,89 @@
+"""What every baseline family shares: the trained-model folder and the `Generator` interface.
+
+A baseline is one more task of the engine (`ldm_system/train`). After training, rank 0 writes the
+model folder that evaluation and `ldm report` read:
+
+    OUT/model/baseline.json        {"family": "gan", "model": {<the family's model config>}, ...}
+    OUT/model/model.safetensors    the weights (the EMA weights when the run kept an EMA)
+
+Loading checks the family, so a flow folder handed to the GAN loader is a clear error, never
+silently wrong weights.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Protocol, TypeVar, runtime_checkable
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from ldm_system.config import from_dict, to_dict
+from ldm_system.train.engine import Trainer
+
+MODEL_JSON = "baseline.json"
+WEIGHTS = "model.safetensors"
+C = TypeVar("C")
+
+
+@runtime_checkable
+class Generator(Protocol):
+    """A trained image model as evaluation sees it (every family, the LDM included)."""
+
+    image_shape: tuple[int, int, int]  # (C, H, W) of the images it makes
+
+    def sample(self, num: int, seed: int = 0) -> torch.Tensor:
+        """(num, C, H, W) images in [-1, 1]; the same seed gives the same images."""
+        ...
+
+
+@runtime_checkable
+class LikelihoodModel(Generator, Protocol):
+    """Families with an exact (flow) or exactly computable (autoregressive) likelihood."""
+
+    def bits_per_dim(self, images: torch.Tensor) -> torch.Tensor:
+        """(B,) negative log-likelihood of 8-bit images (given in [-1, 1]) in bits per dimension."""
+        ...
+
+
+def save_model_folder(out: str | Path, family: str, model_cfg: Any, module: nn.Module, **extra: Any) -> Path:
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
+    save_file(state, str(out / WEIGHTS))
+    meta = {"family": family, "model": to_dict(model_cfg), **extra}
+    (out / MODEL_JSON).write_text(json.dumps(meta, indent=2) + "\n")
+    return out
+
+
+def load_model_folder(path: str | Path, family: str, cfg_cls: type[C]) -> tuple[C, dict[str, torch.Tensor], dict]:
+    """(model config, weights, metadata) of a folder written by `save_model_folder`.
+
+    `path` may be the model folder or the run folder holding `model/`.
+    """
+    path = Path(path)
+    if not (path / MODEL_JSON).exists() and (path / "model" / MODEL_JSON).exists():
+        path = path / "model"
+    if not (path / MODEL_JSON).exists():
+        raise FileNotFoundError(f"{path} is not a baseline model folder (no {MODEL_JSON})")
+    meta = json.loads((path / MODEL_JSON).read_text())
+    if meta.get("family") != family:
+        raise ValueError(f"{path} holds a {meta.get('family')!r} model, not a {family!r} one")
+    cfg = from_dict(cfg_cls, meta["model"], source=str(path / MODEL_JSON))
+    return cfg, load_file(str(path / WEIGHTS)), meta
+
+
+def write_trained_model(trainer: Trainer, module_name: str, family: str, model_cfg: Any, **extra: Any) -> Path:
+    """After `fit`: rank 0 writes OUT/model/ with the EMA weights when there are any, then every
+    rank leaves the process group (`Trainer.close`)."""
+    out = Path(trainer.cfg.out_dir) / "model"
+    if trainer.accelerator.is_main_process:
+        module = trainer.raw[module_name]
+        if trainer.ema is not None and trainer.cfg.ema_module == module_name:
+            with trainer.ema.swap():
+                save_model_folder(out, family, model_cfg, module, ema=True, step=trainer.step, **extra)
+        else:
+            save_model_folder(out, family, model_cfg, module, ema=False, step=trainer.step, **extra)
+    trainer.close()
+    return out
