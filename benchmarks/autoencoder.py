@@ -44,7 +44,7 @@ from _common import ROOT, set_threads, table
 from autoencoders.factory import build_autoencoder
 from autoencoders.io import load_autoencoder
 from ldm_system.config import load_config
-from ldm_system.data.stream import StreamConfig, make_loader
+from ldm_system.data.stream import first_images
 from ldm_system.eval.autoencoder import eval_autoencoder
 from ldm_system.eval.features import EFFNET_FD_LABEL, build_feature_extractor
 from ldm_system.images import make_grid
@@ -76,15 +76,7 @@ VARIANTS = {
 # ---- held-out data and measures -------------------------------------------------------------------
 def held_out(shards: str, n: int) -> torch.Tensor:
     """The first n test images in shard order (no shuffling): (n, 1, 32, 32) in [-1, 1]."""
-    cfg = StreamConfig(shards=shards, batch_size=100, num_workers=0, shuffle_buffer=0, shard_shuffle=False,
-                       infinite=False)
-    chunks, have = [], 0
-    for batch in make_loader(cfg):
-        chunks.append(batch.images)
-        have += batch.images.shape[0]
-        if have >= n:
-            break
-    return torch.cat(chunks)[:n].float()
+    return first_images(shards, n)
 
 
 def batches(images: torch.Tensor, size: int = 25) -> list[torch.Tensor]:

@@ -96,6 +96,40 @@ def cmd_export(a: argparse.Namespace) -> int:
     return 0
 
 
+# ---- baselines and the cross-family report ---------------------------------------------------------
+def cmd_train_baseline(a: argparse.Namespace) -> int:
+    from ldm_system.baselines.registry import trainers
+
+    config_cls, run = trainers()[a.family]
+    cfg = load_config(config_cls, a.config, a.overrides)
+    print(f"{a.family}: model written to {run(cfg, resume=a.resume)}")
+    return 0
+
+
+def parse_models(items: list[str]) -> dict[str, str]:
+    models: dict[str, str] = {}
+    for item in items:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise ValueError(f"expected NAME=MODEL_DIR, got {item!r}")
+        if name in models:
+            raise ValueError(f"model name {name!r} given twice")
+        if not Path(path).exists():
+            raise FileNotFoundError(f"{name}: {path} does not exist")
+        models[name] = path
+    return models
+
+
+def cmd_report(a: argparse.Namespace) -> int:
+    from ldm_system.eval.report import run_report
+
+    models = parse_models(a.models)
+    run_report(models, a.test_shards, a.out, num=a.num, train_shards=a.train_shards, seed=a.seed,
+               ldm_steps=a.ldm_steps, ldm_guidance=a.ldm_guidance, bpd_images=a.bpd_images)
+    print(f"report: {Path(a.out) / 'report.md'} (figure: {Path(a.out) / 'report.png'})")
+    return 0
+
+
 def cmd_demo(a: argparse.Namespace) -> int:
     from ldm_system.demo import run_demo
 
@@ -157,6 +191,23 @@ def build_parser() -> argparse.ArgumentParser:
         add_serving_commands = None
     if add_serving_commands is not None:
         add_serving_commands(sub)
+
+    p = sub.add_parser("train-baseline", help="train a GAN, normalizing-flow or autoregressive baseline")
+    p.add_argument("family", choices=["gan", "flow", "ar"])
+    _add_config_args(p)
+    p.set_defaults(fn=cmd_train_baseline)
+    p = sub.add_parser("report", help="compare trained models of every family on the same test images")
+    p.add_argument("models", nargs="+", metavar="NAME=MODEL_DIR",
+                   help="an `ldm export` folder or a baseline model folder, e.g. ldm=outputs/demo/model")
+    p.add_argument("--test-shards", required=True, help="held-out image shards (the first --num images are used)")
+    p.add_argument("--train-shards", default=None, help="adds a 'data' row: train vs test images, the FD floor")
+    p.add_argument("--num", type=int, default=500, help="samples per model and test images for FD")
+    p.add_argument("--bpd-images", type=int, default=1000, help="test images for bits/dim (likelihood models)")
+    p.add_argument("--ldm-steps", type=int, default=50)
+    p.add_argument("--ldm-guidance", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="outputs/report")
+    p.set_defaults(fn=cmd_report)
 
     p = sub.add_parser("demo", help="the two-stage pipeline on Fashion-MNIST, end to end")
     p.add_argument("--out", default="outputs/demo")

@@ -28,6 +28,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from typing import Any
 
+import torch
 from torch.utils.data import DataLoader
 
 from ldm_system.data.decode import DecodeOptions
@@ -264,3 +265,23 @@ def _identity(item: Any) -> Any:
 def make_loader(config: StreamConfig, rank: int = 0, world_size: int = 1) -> StreamLoader:
     """The loader factory the trainer calls with its own rank and world size."""
     return StreamLoader(config, rank=rank, world_size=world_size)
+
+
+def first_images(shards: str, n: int, with_labels: bool = False):
+    """The first n images of a shard set in shard order (no shuffling, one pass): a fixed held-out
+    set for evaluation. (n, C, H, W) float32 in [-1, 1] (and (n,) labels with `with_labels`)."""
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    cfg = StreamConfig(shards=shards, batch_size=min(n, 100), num_workers=0, shuffle_buffer=0, shard_shuffle=False,
+                       infinite=False)
+    images, labels, have = [], [], 0
+    for batch in make_loader(cfg):
+        images.append(batch.images)
+        labels.append(batch.labels)
+        have += batch.images.shape[0]
+        if have >= n:
+            break
+    if not images:
+        raise ValueError(f"{shards}: no images")
+    x = torch.cat(images)[:n].float()
+    return (x, torch.cat(labels)[:n]) if with_labels else x

@@ -1,0 +1,208 @@
+"""One report for every model family: `ldm report NAME=MODEL ... --test-shards DIR --out DIR`.
+
+Every model is seen through the `Generator` interface (`ldm_system/baselines/common.py`): the LDM
+through its exported pipeline, the baselines through their model folders. The same held-out images,
+the same feature network and the same number of samples go into every row:
+
+- FD: Fréchet distance between EfficientNet-Lite0 features of `num` samples and of `num` test
+  images (NOT comparable to Inception FID);
+- precision / recall: Kynkäänniemi et al. 2019 in the same feature space (k = 3);
+- bits/dim of the 8-bit test images, for families with a likelihood (flow, autoregressive);
+- seconds per sampled image, measured around `sample` alone.
+
+A "data" row compares `num` training images with the test images: the floor that finite samples
+put under FD at this `num`.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from PIL import Image, ImageDraw
+
+from ldm_system.baselines.common import MODEL_JSON, Generator, LikelihoodModel
+from ldm_system.baselines.registry import FAMILIES, loader
+from ldm_system.data.stream import first_images
+from ldm_system.eval.features import EFFNET_FD_LABEL, build_feature_extractor
+from ldm_system.eval.metrics import frechet_distance_from_features, precision_recall
+from ldm_system.images import make_grid
+
+
+@dataclass
+class Row:
+    name: str
+    family: str
+    fd: float
+    precision: float
+    recall: float
+    bits_per_dim: float | None
+    seconds_per_image: float
+    num_samples: int
+
+
+# ---- loading -------------------------------------------------------------------------------------
+class LDMGenerator:
+    """An exported LDM as a Generator: DDIM sampling; class models cycle through their classes."""
+
+    def __init__(self, path: str | Path, steps: int = 50, guidance: float = 1.0, device: str = "cpu") -> None:
+        from ldm_system.serving.pipeline import LDMPipeline
+
+        self.pipe = LDMPipeline.from_pretrained(path, device=device)
+        self.steps, self.guidance = steps, guidance
+        self.image_shape = (self.pipe.image_channels, self.pipe.image_size, self.pipe.image_size)
+
+    def sample(self, num: int, seed: int = 0) -> torch.Tensor:
+        k = self.pipe.net.cfg.num_classes if self.pipe.net.cfg.conditioning == "class" else 0
+        classes = [i % k for i in range(num)] if k else None
+        return self.pipe.sample(num, classes=classes, steps=self.steps, guidance=self.guidance, seed=seed)
+
+
+def load_generator(path: str | Path, ldm_steps: int = 50, ldm_guidance: float = 1.0) -> tuple[str, Generator]:
+    """(family, generator) for an `ldm export` folder or a baseline model/run folder."""
+    path = Path(path)
+    if (path / "ldm.json").exists():
+        return "ldm", LDMGenerator(path, steps=ldm_steps, guidance=ldm_guidance)
+    meta_file = path / MODEL_JSON if (path / MODEL_JSON).exists() else path / "model" / MODEL_JSON
+    if not meta_file.exists():
+        raise FileNotFoundError(f"{path}: neither an `ldm export` folder (ldm.json) nor a baseline model folder "
+                                f"({MODEL_JSON})")
+    family = json.loads(meta_file.read_text()).get("family")
+    if family not in FAMILIES:
+        raise ValueError(f"{meta_file}: unknown family {family!r}; known: {', '.join(FAMILIES)}")
+    return family, loader(family)(str(meta_file.parent))
+
+
+# ---- measuring -----------------------------------------------------------------------------------
+def _features(net, images: torch.Tensor, batch: int = 100) -> torch.Tensor:
+    return torch.cat([net(b) for b in images.split(batch)])
+
+
+def _sample(gen: Generator, num: int, seed: int, batch: int) -> tuple[torch.Tensor, float]:
+    """(num, C, H, W) samples in [-1, 1], and the wall seconds spent in `sample` per image."""
+    out, seconds = [], 0.0
+    for i, start in enumerate(range(0, num, batch)):
+        t0 = time.perf_counter()
+        x = gen.sample(min(batch, num - start), seed=seed + i)
+        seconds += time.perf_counter() - t0
+        out.append(x.detach().float().cpu())
+    images = torch.cat(out)
+    if images.shape[1:] != tuple(gen.image_shape) or not torch.isfinite(images).all():
+        raise ValueError(f"generator returned {tuple(images.shape)} (finite: {bool(torch.isfinite(images).all())}), "
+                         f"expected (N, {', '.join(map(str, gen.image_shape))})")
+    return images.clamp(-1, 1), seconds / num
+
+
+def evaluate(name: str, family: str, gen: Generator, test: torch.Tensor, test_feats: torch.Tensor, net,
+             num: int, seed: int = 0, batch: int = 50, bpd_images: int = 1000) -> tuple[Row, torch.Tensor]:
+    if tuple(gen.image_shape) != tuple(test.shape[1:]):
+        raise ValueError(f"{name} makes {tuple(gen.image_shape)} images, the test set holds {tuple(test.shape[1:])}")
+    samples, spi = _sample(gen, num, seed, batch)
+    feats = _features(net, samples)
+    pr = precision_recall(test_feats, feats)
+    bpd = None
+    if isinstance(gen, LikelihoodModel):
+        x = test[:bpd_images]
+        bpd = float(torch.cat([gen.bits_per_dim(b).detach().float().cpu() for b in x.split(batch)]).mean())
+    row = Row(name, family, frechet_distance_from_features(test_feats, feats), pr["precision"], pr["recall"],
+              bpd, spi, num)
+    return row, samples
+
+
+def data_row(train: torch.Tensor, test_feats: torch.Tensor, net) -> Row:
+    feats = _features(net, train)
+    pr = precision_recall(test_feats, feats)
+    return Row("data (train vs test)", "data", frechet_distance_from_features(test_feats, feats), pr["precision"],
+               pr["recall"], None, 0.0, train.shape[0])
+
+
+# ---- writing -------------------------------------------------------------------------------------
+def markdown_table(rows: list[Row]) -> str:
+    lines = ["| model | family | FD-effnet* | precision | recall | bits/dim (test) | s / image |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        bpd = "–" if r.bits_per_dim is None else f"{r.bits_per_dim:.3f}"
+        spi = "–" if r.family == "data" else f"{r.seconds_per_image:.4f}"
+        lines.append(f"| {r.name} | {r.family} | {r.fd:.2f} | {r.precision:.3f} | {r.recall:.3f} | {bpd} | {spi} |")
+    return "\n".join(lines) + f"\n\n*{EFFNET_FD_LABEL}."
+
+
+def figure(rows: list[Row], grids: dict[str, torch.Tensor], path: Path, per_row: int = 16) -> Path:
+    """One PNG: per model a labelled strip of samples, and a bar of its FD (longer = worse)."""
+    strips = {n: make_grid(g[:per_row], nrow=per_row).convert("RGB") for n, g in grids.items()}
+    scale = 2
+    strips = {n: s.resize((s.width * scale, s.height * scale), Image.NEAREST) for n, s in strips.items()}
+    label_w, bar_w, gap = 170, 220, 8
+    width = label_w + max(s.width for s in strips.values()) + bar_w + 3 * gap
+    height = sum(s.height + gap for s in strips.values()) + gap
+    canvas = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(canvas)
+    worst = max(r.fd for r in rows) or 1.0
+    y = gap
+    for r in rows:
+        if r.name not in strips:
+            continue
+        s = strips[r.name]
+        canvas.paste(s, (label_w, y))
+        draw.text((4, y + s.height // 2 - 12), r.name, fill="black")
+        draw.text((4, y + s.height // 2 + 2), f"FD {r.fd:.1f}", fill="black")
+        x0 = label_w + s.width + 2 * gap
+        draw.rectangle([x0, y + s.height // 3, x0 + int(bar_w * r.fd / worst), y + 2 * s.height // 3], fill=(70, 110, 200))
+        y += s.height + gap
+    canvas.save(path)
+    return path
+
+
+def write_report(rows: list[Row], grids: dict[str, torch.Tensor], out: str | Path, settings: dict) -> Path:
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    for name, images in grids.items():
+        make_grid(images[:64], nrow=8).save(out / f"samples_{_slug(name)}.png")
+    figure(rows, grids, out / "report.png")
+    (out / "report.json").write_text(json.dumps({"settings": settings, "rows": [_jsonable(asdict(r)) for r in rows]},
+                                                indent=2) + "\n")
+    text = "# Model comparison\n\n" + markdown_table(rows) + "\n\n" + "\n".join(
+        f"- {k}: {v}" for k, v in settings.items()) + "\n\nSamples: `samples_<model>.png`; overview: `report.png`.\n"
+    (out / "report.md").write_text(text)
+    return out
+
+
+def _slug(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in name)
+
+
+def _jsonable(d: dict) -> dict:
+    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in d.items()}
+
+
+def run_report(models: dict[str, str], test_shards: str, out: str | Path, num: int = 500, train_shards: str | None = None,
+               seed: int = 0, ldm_steps: int = 50, ldm_guidance: float = 1.0, bpd_images: int = 1000,
+               feature_net: str = "effnet-lite0") -> list[Row]:
+    """Evaluate every NAME -> model folder on the same test images; write report.{md,json,png}."""
+    if not models:
+        raise ValueError("give at least one NAME=MODEL_DIR")
+    loaded = {name: load_generator(path, ldm_steps, ldm_guidance) for name, path in models.items()}  # fail early
+    test = first_images(test_shards, max(num, bpd_images))
+    net = build_feature_extractor(feature_net)
+    test_feats = _features(net, test[:num])
+    rows: list[Row] = []
+    grids: dict[str, torch.Tensor] = {}
+    if train_shards:
+        train = first_images(train_shards, num)
+        rows.append(data_row(train, test_feats, net))
+        grids[rows[-1].name] = train
+    for name, (family, gen) in loaded.items():
+        row, samples = evaluate(name, family, gen, test, test_feats, net, num, seed=seed, bpd_images=bpd_images)
+        rows.append(row)
+        grids[name] = samples
+        print(f"[{name}] FD {row.fd:.2f}  P {row.precision:.3f}  R {row.recall:.3f}  "
+              f"bpd {row.bits_per_dim if row.bits_per_dim is not None else '-'}  {row.seconds_per_image:.4f} s/img",
+              flush=True)
+    settings = {"samples per model": num, "test images": test_shards, "bits/dim images": min(bpd_images, test.shape[0]),
+                "feature net": feature_net, "seed": seed, "LDM sampler": f"DDIM-{ldm_steps}, guidance {ldm_guidance}",
+                "threads": torch.get_num_threads()}
+    write_report(rows, grids, out, settings)
+    return rows
