@@ -20,6 +20,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ldm_system.config import from_dict, to_dict
+from ldm_system.data.manifest import read_manifest
+from ldm_system.data.stream import StreamConfig
 from ldm_system.train.engine import Trainer
 
 MODEL_JSON = "baseline.json"
@@ -87,3 +89,27 @@ def write_trained_model(trainer: Trainer, module_name: str, family: str, model_c
             save_model_folder(out, family, model_cfg, module, ema=False, step=trainer.step, **extra)
     trainer.close()
     return out
+
+
+def check_image_data(data: StreamConfig, family: str, channels: int, image_size: int, num_classes: int = 0) -> dict:
+    """Check a baseline's model config against the shard manifest before any training, and return
+    the class names for the model folder. Shard patterns without a manifest pass (the first batch
+    is checked by the task)."""
+    try:
+        manifest = read_manifest(data.shards)
+    except (FileNotFoundError, ValueError):
+        return {}
+    problems = []
+    have_channels = data.channels or manifest.channels
+    size = data.image_size or manifest.image_size
+    if manifest.kind != "images":
+        problems.append(f"the shards hold {manifest.kind!r}; baselines train on 8-bit images")
+    if have_channels != channels:
+        problems.append(f"model.channels={channels} but the data has {have_channels} channels")
+    if size != image_size:
+        problems.append(f"model.image_size={image_size} but the data is {size}x{size}")
+    if num_classes and len(manifest.classes) != num_classes:
+        problems.append(f"model.num_classes={num_classes} but the data has {len(manifest.classes)} classes")
+    if problems:
+        raise ValueError(f"the {family} model does not fit {data.shards}: " + "; ".join(problems))
+    return {"classes": list(manifest.classes)}

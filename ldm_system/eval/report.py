@@ -42,6 +42,7 @@ class Row:
     bits_per_dim: float | None
     seconds_per_image: float
     num_samples: int
+    error: str | None = None  # why this model could not be scored (the others still are)
 
 
 # ---- loading -------------------------------------------------------------------------------------
@@ -124,6 +125,9 @@ def markdown_table(rows: list[Row]) -> str:
     lines = ["| model | family | FD-effnet* | precision | recall | bits/dim (test) | s / image |",
              "|---|---|---|---|---|---|---|"]
     for r in rows:
+        if r.error is not None:
+            lines.append(f"| {r.name} | {r.family} | failed: {r.error} | | | | |")
+            continue
         bpd = "–" if r.bits_per_dim is None else f"{r.bits_per_dim:.3f}"
         spi = "–" if r.family == "data" else f"{r.seconds_per_image:.4f}"
         lines.append(f"| {r.name} | {r.family} | {r.fd:.2f} | {r.precision:.3f} | {r.recall:.3f} | {bpd} | {spi} |")
@@ -140,10 +144,10 @@ def figure(rows: list[Row], grids: dict[str, torch.Tensor], path: Path, per_row:
     height = sum(s.height + gap for s in strips.values()) + gap
     canvas = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(canvas)
-    worst = max(r.fd for r in rows) or 1.0
+    worst = max((r.fd for r in rows if r.error is None), default=1.0) or 1.0
     y = gap
     for r in rows:
-        if r.name not in strips:
+        if r.name not in strips or r.error is not None:
             continue
         s = strips[r.name]
         canvas.paste(s, (label_w, y))
@@ -195,7 +199,12 @@ def run_report(models: dict[str, str], test_shards: str, out: str | Path, num: i
         rows.append(data_row(train, test_feats, net))
         grids[rows[-1].name] = train
     for name, (family, gen) in loaded.items():
-        row, samples = evaluate(name, family, gen, test, test_feats, net, num, seed=seed, bpd_images=bpd_images)
+        try:
+            row, samples = evaluate(name, family, gen, test, test_feats, net, num, seed=seed, bpd_images=bpd_images)
+        except ValueError as e:  # e.g. non-finite samples: report it, score the other models
+            rows.append(Row(name, family, math.nan, math.nan, math.nan, None, math.nan, 0, error=str(e)))
+            print(f"[{name}] failed: {e}", flush=True)
+            continue
         rows.append(row)
         grids[name] = samples
         print(f"[{name}] FD {row.fd:.2f}  P {row.precision:.3f}  R {row.recall:.3f}  "

@@ -72,17 +72,27 @@ def test_wrong_image_shape_is_refused(data):
     with pytest.raises(ValueError, match=r"makes \(3, 32, 32\) images, the test set holds \(1, 32, 32\)"):
         evaluate("rgb", "test", Noise((3, 32, 32)), test, feats, net, num=10)
 
+    class Diverged(Noise):
+        def sample(self, num, seed=0):
+            return torch.full((num, *self.image_shape), float("nan"))
+
+    with pytest.raises(ValueError, match=r"finite: False"):
+        evaluate("nan", "test", Diverged((1, 32, 32)), test, feats, net, num=10)
+
 
 def test_report_files(tmp_path, data):
     test, *_ = data
     rows = [Row("data (train vs test)", "data", 10.0, 0.9, 0.9, None, 0.0, 60),
-            Row("flow", "flow", 50.0, 0.4, 0.3, 3.25, 0.01, 60)]
+            Row("flow", "flow", 50.0, 0.4, 0.3, 3.25, 0.01, 60),
+            Row("broken", "gan", float("nan"), float("nan"), float("nan"), None, float("nan"), 0, error="NaN samples")]
     out = write_report(rows, {"flow": test[:20], "data (train vs test)": test[20:40]}, tmp_path, {"num": 60})
     report = json.loads((out / "report.json").read_text())
-    assert [r["name"] for r in report["rows"]] == ["data (train vs test)", "flow"]
+    assert [r["name"] for r in report["rows"]] == ["data (train vs test)", "flow", "broken"]
+    assert report["rows"][2]["fd"] is None and report["rows"][2]["error"] == "NaN samples"  # valid JSON, no NaN
     assert report["rows"][1]["bits_per_dim"] == 3.25
     md = (out / "report.md").read_text()
     assert "| flow | flow | 50.00 | 0.400 | 0.300 | 3.250 | 0.0100 |" in md and "not comparable" in md
+    assert "| broken | gan | failed: NaN samples |" in md
     assert (out / "samples_flow.png").exists() and (out / "report.png").exists()
     assert "| data (train vs test) | data | 10.00 | 0.900 | 0.900 | – | – |" in markdown_table(rows)
 

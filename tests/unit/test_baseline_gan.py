@@ -1,0 +1,218 @@
+"""GAN baseline: the losses, R1, spectral norm, that one task step trains D and G as it should, shapes."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from ldm_system.baselines.gan import (
+    GANLossConfig,
+    GANOptimConfig,
+    GANTask,
+    discriminator_loss,
+    generator_loss,
+    r1_penalty,
+)
+from ldm_system.baselines.gan_models import (
+    Discriminator,
+    GANModelConfig,
+    Generator,
+    recalibrate_batchnorm,
+    sample_inputs,
+)
+
+TINY = dict(z_dim=8, class_embed_dim=4, gen_channels=8, disc_channels=8)
+
+
+def softplus(v: float) -> float:
+    return math.log1p(math.exp(v))
+
+
+# ---- losses ------------------------------------------------------------------------------------
+def test_hinge_losses_on_hand_computed_logits():
+    real, fake = torch.tensor([2.0, 0.5]), torch.tensor([-2.0, 0.5])
+    # E relu(1 - r) = (0 + 0.5) / 2;  E relu(1 + f) = (0 + 1.5) / 2
+    assert discriminator_loss(real, fake, "hinge").item() == pytest.approx(0.25 + 0.75)
+    assert generator_loss(fake, "hinge").item() == pytest.approx(-(-2.0 + 0.5) / 2)
+
+
+def test_non_saturating_losses_on_hand_computed_logits():
+    real, fake = torch.tensor([2.0, -1.0]), torch.tensor([0.0, 3.0])
+    d = (softplus(-2.0) + softplus(1.0)) / 2 + (softplus(0.0) + softplus(3.0)) / 2
+    g = (softplus(0.0) + softplus(-3.0)) / 2  # -E log sigmoid(f)
+    assert discriminator_loss(real, fake, "non_saturating").item() == pytest.approx(d, rel=1e-6)
+    assert generator_loss(fake, "non_saturating").item() == pytest.approx(g, rel=1e-6)
+    assert softplus(0.0) == pytest.approx(math.log(2.0))  # -log sigmoid(0): a coin-flip D
+
+
+@pytest.mark.parametrize("kind", ["hinge", "non_saturating"])
+def test_loss_signs(kind):
+    # logits inside the hinge margin (|logit| < 1) so both losses have a gradient
+    real, fake = torch.tensor([0.2, -0.3]), torch.tensor([0.1, -0.4])
+    d0, g0 = discriminator_loss(real, fake, kind), generator_loss(fake, kind)
+    assert discriminator_loss(real + 0.1, fake, kind) < d0  # D is rewarded for larger real logits
+    assert discriminator_loss(real, fake - 0.1, kind) < d0  # ... and for smaller fake logits
+    assert generator_loss(fake + 0.1, kind) < g0  # G is rewarded when D rates its images as real
+    r, f = real.clone().requires_grad_(), fake.clone().requires_grad_()
+    discriminator_loss(r, f, kind).backward()
+    assert (r.grad < 0).all() and (f.grad > 0).all()
+
+
+def test_unknown_loss_kind_fails():
+    with pytest.raises(ValueError, match="unknown GAN loss"):
+        discriminator_loss(torch.zeros(1), torch.zeros(1), "wasserstein")
+
+
+# ---- R1 ----------------------------------------------------------------------------------------
+def test_r1_equals_hand_computed_gradient_norm_of_a_linear_d():
+    torch.manual_seed(0)
+    lin = nn.Linear(12, 1)  # D(x) = w·vec(x) + b, so ∇_x D = w for every sample
+    x = torch.randn(5, 3, 2, 2, requires_grad=True)
+    logits = lin(x.flatten(1)).squeeze(1)
+    assert r1_penalty(logits, x).item() == pytest.approx(lin.weight.pow(2).sum().item(), rel=1e-6)
+
+
+def test_r1_of_a_quadratic_d_and_that_it_trains_d():
+    w = torch.tensor([1.0, -2.0, 0.5], requires_grad=True)
+    x = torch.tensor([[1.0, 1.0, 2.0], [0.0, 1.0, -2.0]], requires_grad=True)
+    logits = (x @ w) ** 2  # ∇_x D = 2 (w·x) w, ||·||² = 4 (w·x)² ||w||²
+    wx = [1.0 - 2.0 + 1.0, 0.0 - 2.0 - 1.0]
+    want = sum(4 * v**2 * 5.25 for v in wx) / 2
+    penalty = r1_penalty(logits, x)
+    assert penalty.item() == pytest.approx(want, rel=1e-6)
+    penalty.backward()  # create_graph=True: the penalty has a gradient w.r.t. D's parameters
+    assert w.grad is not None and w.grad.abs().sum() > 0
+
+
+def test_lazy_r1_only_on_every_kth_step_and_scaled_by_k():
+    cfg = GANModelConfig(**TINY)
+    task = GANTask(cfg, GANLossConfig(kind="hinge", r1_gamma=2.0, r1_every=4))
+    modules = task.build()
+    modules["disc"].eval()  # no power iteration between the two calls: the same D both times
+    x = torch.rand(4, 1, 32, 32) * 2 - 1
+    torch.manual_seed(1)
+    with_r1 = next(task.losses(modules, x, step=8))[1]
+    stats = task.metrics()
+    torch.manual_seed(1)
+    without = next(task.losses(modules, x, step=9))[1]
+    assert "disc/r1" in stats and "disc/r1" not in task.metrics()
+    # same z, same D: the difference is exactly k · γ/2 · E||∇D||²
+    assert (with_r1 - without).item() == pytest.approx(4 * 1.0 * stats["disc/r1"], rel=1e-4)
+
+
+# ---- one engine-free step ------------------------------------------------------------------------
+def _params(module: nn.Module) -> list[torch.Tensor]:
+    return [p.detach().clone() for p in module.parameters()]
+
+
+def _changed(before: list[torch.Tensor], module: nn.Module) -> bool:
+    return any(not torch.equal(a, b) for a, b in zip(before, module.parameters()))
+
+
+@pytest.mark.parametrize("kind,num_classes", [("hinge", 10), ("non_saturating", 0)])
+def test_one_task_step_trains_d_then_g(kind, num_classes):
+    """The engine's protocol by hand: backward, step the named optimizer, zero its grads."""
+    cfg = GANModelConfig(num_classes=num_classes, **TINY)
+    task = GANTask(cfg, GANLossConfig(kind=kind), GANOptimConfig(gen_lr=1e-3, disc_lr=1e-3))
+    modules = task.build()
+    gen, disc = modules["gen"], modules["disc"]
+    opts = task.optimizers(modules)
+    batch = (torch.rand(8, 1, 32, 32) * 2 - 1, torch.arange(8) % 10, [""] * 8)
+    steps = task.losses(modules, batch, step=0)
+
+    name, d_loss = next(steps)
+    assert name == "disc"
+    g0, d0 = _params(gen), _params(disc)
+    d_loss.backward()
+    assert all(p.grad is None for p in gen.parameters())  # the fake batch was detached for D
+    opts["disc"].step()
+    opts["disc"].zero_grad(set_to_none=True)
+    assert _changed(d0, disc) and not _changed(g0, gen)
+
+    name, g_loss = next(steps)
+    assert name == "gen"
+    d1 = _params(disc)
+    g_loss.backward()
+    grads = [p.grad for p in gen.parameters()]
+    assert all(g is not None for g in grads) and sum(g.abs().sum() for g in grads) > 0  # G's gradient reaches G
+    assert all(p.grad is None for p in disc.parameters())  # ... and none lands on D (frozen for the G loss)
+    assert all(p.requires_grad for p in disc.parameters())  # flags restored after the G forward
+    opts["gen"].step()
+    assert _changed(g0, gen) and not _changed(d1, disc)
+    with pytest.raises(StopIteration):
+        next(steps)
+    assert set(task.metrics()) >= {"disc/loss", "disc/logits_real", "disc/logits_fake", "gen/loss"}
+
+
+def test_batch_that_does_not_fit_the_model_is_a_clear_error():
+    task = GANTask(GANModelConfig(num_classes=10, **TINY))
+    modules = task.build()
+    with pytest.raises(ValueError, match="model.channels"):
+        next(task.losses(modules, (torch.zeros(2, 3, 32, 32), torch.zeros(2, dtype=torch.long)), 0))
+    with pytest.raises(ValueError, match="unlabelled"):
+        next(task.losses(modules, (torch.zeros(2, 1, 32, 32), torch.full((2,), -1)), 0))
+
+
+# ---- spectral norm -----------------------------------------------------------------------------
+def test_spectral_norm_makes_the_largest_singular_value_one():
+    torch.manual_seed(0)
+    disc = Discriminator(GANModelConfig(num_classes=10, **TINY)).train()
+    layers = [*disc.blocks, disc.linear, disc.embed]
+    x, y = torch.randn(4, 1, 32, 32), torch.arange(4)
+    with torch.no_grad():
+        for layer in layers:
+            layer.parametrizations.weight.original.mul_(5.0)  # raw σ far from 1, and far from its estimate
+        for _ in range(30):  # one power iteration per training forward
+            disc(x, y)
+    for layer in layers:
+        raw = layer.parametrizations.weight.original
+        assert torch.linalg.matrix_norm(raw.flatten(1), ord=2) > 2.0
+        sigma = torch.linalg.matrix_norm(layer.weight.detach().flatten(1), ord=2).item()  # W / σ̂(W)
+        assert sigma == pytest.approx(1.0, abs=0.02), layer
+
+
+# ---- shapes and sampling -----------------------------------------------------------------------
+@pytest.mark.parametrize("channels", [1, 3])
+@pytest.mark.parametrize("num_classes", [0, 10])
+def test_shapes(channels, num_classes):
+    cfg = GANModelConfig(channels=channels, num_classes=num_classes, **TINY)
+    gen, disc = Generator(cfg), Discriminator(cfg)
+    z, y = sample_inputs(cfg, 6, seed=0)
+    assert (y is None) == (num_classes == 0)
+    images = gen(z, y)
+    assert images.shape == (6, channels, 32, 32) and images.abs().max() <= 1.0
+    assert disc(images, y).shape == (6,)
+
+
+def test_other_image_size():
+    cfg = GANModelConfig(image_size=16, channels=3, **TINY)
+    images = Generator(cfg)(torch.randn(2, cfg.z_dim))
+    assert images.shape == (2, 3, 16, 16) and Discriminator(cfg)(images).shape == (2,)
+    with pytest.raises(ValueError, match="power of two"):
+        GANModelConfig(image_size=24)
+
+
+def test_sample_inputs_seeded_and_labels_cycle():
+    cfg = GANModelConfig(num_classes=3, **TINY)
+    z1, y1 = sample_inputs(cfg, 7, seed=5)
+    z2, _ = sample_inputs(cfg, 7, seed=5)
+    assert torch.equal(z1, z2) and not torch.equal(z1, sample_inputs(cfg, 7, seed=6)[0])
+    assert y1.tolist() == [0, 1, 2, 0, 1, 2, 0]
+    assert sample_inputs(cfg, 3, seed=0, classes=2)[1].tolist() == [2, 2, 2]
+    with pytest.raises(ValueError):
+        sample_inputs(cfg, 2, seed=0, classes=[0, 3])
+    with pytest.raises(ValueError, match="unconditional"):
+        sample_inputs(GANModelConfig(**TINY), 2, seed=0, classes=[0, 1])
+
+
+def test_batchnorm_recalibration_gives_exact_batch_statistics():
+    cfg = GANModelConfig(**TINY)
+    gen = Generator(cfg).eval()
+    recalibrate_batchnorm(gen, cfg, batches=1, batch_size=32, seed=3)
+    assert not gen.training and gen.bn0.momentum == 0.1
+    z, _ = sample_inputs(cfg, 32, seed=3)
+    h = gen.fc(z).view(32, -1, 4, 4)  # bn0's input for that one batch
+    assert torch.allclose(gen.bn0.running_mean, h.mean(dim=(0, 2, 3)), atol=1e-5)
+    assert torch.allclose(gen.bn0.running_var, h.var(dim=(0, 2, 3), unbiased=True), rtol=1e-4, atol=1e-6)
