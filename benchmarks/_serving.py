@@ -28,19 +28,10 @@ def held_out_images(pipe, count: int, offset: int = 0, shards: str | None = None
     serving layer's policy; `shards` reads a packed image-shard folder instead.
     """
     if shards:
-        from ldm_system.data.stream import StreamConfig, make_loader
+        from ldm_system.data.stream import first_images
 
-        stream = make_loader(StreamConfig(shards=shards, batch_size=256, num_workers=0, infinite=False,
-                                          shuffle_buffer=0, shard_shuffle=False))
-        xs, ys, seen = [], [], 0
-        for b in stream:
-            xs.append(b.images)
-            ys.extend(int(v) for v in b.labels)
-            seen += b.images.shape[0]
-            if seen >= offset + count:
-                break
-        x = torch.cat(xs)[offset:offset + count]
-        return x, ys[offset:offset + count]
+        x, y = first_images(shards, offset + count, with_labels=True)
+        return x[offset:], [int(v) for v in y[offset:]]
     from PIL import Image
 
     from ldm_system.data.fashion_mnist import load_fashion_mnist

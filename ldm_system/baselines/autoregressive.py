@@ -22,10 +22,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ldm_system.baselines.ar_model import VOCAB, ARModelConfig, ImageTransformer, images_to_tokens, param_groups
-from ldm_system.baselines.common import check_image_data, load_model_folder, write_trained_model
+from ldm_system.baselines.common import check_image_data, load_module, train_baseline
 from ldm_system.data.stream import StreamConfig
-from ldm_system.train.engine import EngineConfig, Trainer
-from ldm_system.train.runs import stream_factory
+from ldm_system.train.engine import EngineConfig
 
 FAMILY = "ar"
 MODULE = "ar"  # the task's one module name (optimizer, EMA and weight files use it)
@@ -125,19 +124,14 @@ def run_ar(cfg: ARRunConfig, resume: str | None = None) -> Path:
     """Train (or continue with resume="latest"), then write OUT/model/ (EMA weights if kept). Returns it."""
     m = cfg.model
     info = check_image_data(cfg.data, FAMILY, m.channels, m.image_size, m.num_classes)
-    task = ARTask(cfg.model, cfg.optim, cfg.preview, info)
-    trainer = Trainer(task, stream_factory(cfg.data), cfg.train, run_config=cfg)
-    trainer.fit(resume=resume)
-    return write_trained_model(trainer, MODULE, FAMILY, cfg.model, **info)
+    return train_baseline(ARTask(cfg.model, cfg.optim, cfg.preview, info), cfg, FAMILY, MODULE, info, resume)
 
 
 def load_ar(path: str | Path, device: str | torch.device = "cpu") -> ImageTransformer:
     """The trained model (eval mode) from a model folder or its run folder."""
-    cfg, weights, meta = load_model_folder(path, FAMILY, ARModelConfig)
-    model = ImageTransformer(cfg)
-    model.load_state_dict(weights)
+    model, meta = load_module(path, FAMILY, ARModelConfig, ImageTransformer, device)
     model.classes = list(meta.get("classes", []))
-    return model.to(device).eval()
+    return model
 
 
 __all__ = ["ARModelConfig", "AROptimConfig", "ARPreviewConfig", "ARRunConfig", "ARTask", "ImageTransformer",

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Protocol, TypeVar, runtime_checkable
+from typing import Any, Callable, Protocol, TypeVar, runtime_checkable
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -74,6 +74,25 @@ def load_model_folder(path: str | Path, family: str, cfg_cls: type[C]) -> tuple[
         raise ValueError(f"{path} holds a {meta.get('family')!r} model, not a {family!r} one")
     cfg = from_dict(cfg_cls, meta["model"], source=str(path / MODEL_JSON))
     return cfg, load_file(str(path / WEIGHTS)), meta
+
+
+def train_baseline(task: Any, cfg: Any, family: str, module_name: str, info: dict, resume: str | None = None) -> Path:
+    """Train a family's task with the engine on `cfg.data` / `cfg.train` (or continue with
+    resume="latest"), then write OUT/model/ (`write_trained_model`). Returns the model folder."""
+    from ldm_system.train.runs import stream_factory
+
+    trainer = Trainer(task, stream_factory(cfg.data), cfg.train, run_config=cfg)
+    trainer.fit(resume=resume)
+    return write_trained_model(trainer, module_name, family, cfg.model, **info)
+
+
+def load_module(path: str | Path, family: str, cfg_cls: type[C], build: Callable[[C], nn.Module],
+                device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
+    """(module in eval mode on `device`, metadata) from a family's model folder (or its run folder)."""
+    cfg, weights, meta = load_model_folder(path, family, cfg_cls)
+    module = build(cfg)
+    module.load_state_dict(weights)
+    return module.to(device).eval(), meta
 
 
 def write_trained_model(trainer: Trainer, module_name: str, family: str, model_cfg: Any, **extra: Any) -> Path:

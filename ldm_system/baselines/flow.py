@@ -43,11 +43,10 @@ from typing import Any, Iterator, Mapping
 import torch
 from torch import nn
 
-from ldm_system.baselines.common import check_image_data, load_model_folder, write_trained_model
+from ldm_system.baselines.common import check_image_data, load_module, train_baseline
 from ldm_system.baselines.flow_layers import FlowStep, Split2d, TopPrior, squeeze2d, unsqueeze2d
 from ldm_system.data.stream import StreamConfig, make_loader
-from ldm_system.train.engine import EngineConfig, Trainer
-from ldm_system.train.runs import stream_factory
+from ldm_system.train.engine import EngineConfig
 
 FAMILY = "flow"
 MODULE = "flow"  # the task's one module name (optimizer, EMA and weight files use it)
@@ -324,18 +323,14 @@ def run_flow(cfg: FlowRunConfig, resume: str | None = None) -> Path:
     """Train (or continue with resume="latest"), then write OUT/model/ (EMA weights if kept). Returns it."""
     info = check_image_data(cfg.data, FAMILY, cfg.model.channels, cfg.model.image_size)
     task = FlowTask(cfg.model, cfg.optim, cfg.preview, init_images(cfg), info)
-    trainer = Trainer(task, stream_factory(cfg.data), cfg.train, run_config=cfg)
-    trainer.fit(resume=resume)
-    return write_trained_model(trainer, MODULE, FAMILY, cfg.model, **info)
+    return train_baseline(task, cfg, FAMILY, MODULE, info, resume)
 
 
 def load_flow(path: str | Path, device: str | torch.device = "cpu") -> Glow:
     """The trained model (eval mode) from a model folder or its run folder."""
-    cfg, weights, meta = load_model_folder(path, FAMILY, FlowModelConfig)
-    model = Glow(cfg)
-    model.load_state_dict(weights)
+    model, meta = load_module(path, FAMILY, FlowModelConfig, Glow, device)
     model.classes = list(meta.get("classes", []))
-    return model.to(device).eval()
+    return model
 
 
 __all__ = ["FlowModelConfig", "FlowOptimConfig", "FlowPreviewConfig", "FlowRunConfig", "FlowTask", "Glow",

@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from autoencoders.stage1 import frozen
-from ldm_system.baselines.common import check_image_data, load_model_folder, write_trained_model
+from ldm_system.baselines.common import check_image_data, load_module, write_trained_model
 from ldm_system.baselines.gan_models import (
     Discriminator,
     GANModelConfig,
@@ -246,10 +246,8 @@ class GANSampler:
 
 def load_gan(path: str | Path, device: str = "cpu") -> GANSampler:
     """A `gan` model folder (or the run folder holding `model/`) → GANSampler; other families refused."""
-    cfg, weights, meta = load_model_folder(path, FAMILY, GANModelConfig)
-    gen = Generator(cfg)
-    gen.load_state_dict(weights)
-    return GANSampler(gen.to(device), meta)
+    gen, meta = load_module(path, FAMILY, GANModelConfig, Generator, device)
+    return GANSampler(gen, meta)
 
 
 __all__ = ["GANLossConfig", "GANOptimConfig", "GANPreviewConfig", "GANRunConfig", "GANTask", "GANSampler",
