@@ -27,6 +27,12 @@ if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$WANT" ]; then
   "$VENV/bin/pip" install -q "${CONSTRAINTS[@]}" -e ".[test]"
   echo "$WANT" > "$STAMP"
 fi
+# Hugging Face's `kernels` distribution shares the import name of our `kernels` package (see
+# ldm_system/deps.py); an older venv may still hold it as a leftover dependency of transformers.
+if "$VENV/bin/pip" show kernels >/dev/null 2>&1; then
+  echo "[setup] removing the foreign 'kernels' distribution (it shadows ldm-system's kernels package)"
+  "$VENV/bin/pip" uninstall -y -q kernels
+fi
 
 FMNIST=/usr/share/datasets/fashion-mnist
 if [ ! -f "$FMNIST/train-images-idx3-ubyte.gz" ]; then

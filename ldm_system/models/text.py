@@ -63,6 +63,9 @@ class TextEncoder:
 
     @classmethod
     def from_pretrained(cls, path: str | Path, max_length: int = 77) -> "TextEncoder":
+        from ldm_system.deps import check_no_foreign_kernels
+
+        check_no_foreign_kernels()
         from transformers import CLIPTextModel, CLIPTokenizer
 
         model_dir, tok_dir = locate(path)
@@ -158,6 +161,9 @@ def save_random_text_encoder(out: str | Path, hidden_size: int = 32, layers: int
     """A randomly initialised CLIP text model with a character-level CLIP tokenizer, saved in the
     `text_encoder/` + `tokenizer/` layout. Random weights still map different captions to different
     states, which is all a debug run on class-name captions needs."""
+    from ldm_system.deps import check_no_foreign_kernels
+
+    check_no_foreign_kernels()
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
     # CLIP's BPE marks a word's last symbol with "</w>"; with no merges every symbol is one token.
