@@ -25,7 +25,7 @@ def held_out_images(pipe, count: int, offset: int = 0, shards: str | None = None
     """`count` real images the model never trained on, as the model sees them ((N, C, S, S) in [-1, 1]).
 
     Default: the Fashion-MNIST *test* split (stage 2 trains on the train split), resized with the
-    serving layer's policy; `shards` reads a packed image-shard folder instead.
+    one image policy (ldm_system.images); `shards` reads a packed image-shard folder instead.
     """
     if shards:
         from ldm_system.data.stream import first_images
@@ -35,12 +35,12 @@ def held_out_images(pipe, count: int, offset: int = 0, shards: str | None = None
     from PIL import Image
 
     from ldm_system.data.fashion_mnist import load_fashion_mnist
-    from ldm_system.serving.image_io import pil_to_tensor, resize_and_center_crop
+    from ldm_system.images import fit_to_tensor
 
     images, labels = load_fashion_mnist("test")
     if offset + count > len(images):
         raise SystemExit(f"asked for test images {offset}..{offset + count}, the split has {len(images)}")
-    out = [pil_to_tensor(resize_and_center_crop(Image.fromarray(images[i]), pipe.image_size), pipe.image_channels)
+    out = [fit_to_tensor(Image.fromarray(images[i]), pipe.image_size, pipe.image_channels)
            for i in range(offset, offset + count)]
     return torch.cat(out), [int(v) for v in labels[offset:offset + count]]
 

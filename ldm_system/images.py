@@ -1,18 +1,51 @@
-"""Image grids and tensor ↔ PIL conversions (shared by training previews, sampling and eval)."""
+"""Images in and out of the system: files and PIL images ↔ (B, C, H, W) tensors in [-1, 1], and grids.
+
+Every image the model reads (a file for `ldm invert`/`edit`, an upload to the server, a held-out
+test image) is prepared by the packer's policy, `ldm_system.data.transforms.fit_image`: colour mode
+first (transparency composited over white, palette/CMYK/16-bit mapped to 8-bit L or RGB), then the
+shorter side resized to the model size with Lanczos and the centre square cropped.
+
+Why the packer's rule and not serving's former bicubic + plain `convert`: the model only knows the
+training distribution, so an image it inverts or edits must be prepared the way its training images
+were. An RGBA picture with a transparent background was packed on white; a plain convert drops the
+alpha channel and shows whatever colour the hidden pixels hold (often black). Lanczos is the wider
+antialiasing kernel the shards were resized with; bicubic gives slightly different pixels.
+
+Tensors going out (`to_uint8`, PNGs, grids) map [-1, 1] to uint8 by (x + 1) * 127.5, rounded.
+"""
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 
+from ldm_system.data.transforms import fit_image, resize_and_crop, to_channels, to_tensor_pm1
 
+
+# ---- tensor → pixels --------------------------------------------------------------------------
 def to_uint8(images: torch.Tensor) -> np.ndarray:
     """(B, C, H, W) in [-1, 1] → (B, H, W, C) uint8."""
     x = ((images.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
     return x.permute(0, 2, 3, 1).cpu().numpy()
+
+
+def tensor_to_pils(images: torch.Tensor) -> list[Image.Image]:
+    """(B, C, H, W) in [-1, 1] → B PIL images (grayscale stays "L")."""
+    arr = to_uint8(images)
+    return [Image.fromarray(a[..., 0] if a.shape[-1] == 1 else a) for a in arr]
+
+
+def save_pngs(images: torch.Tensor, paths: list[Path]) -> list[Path]:
+    if len(paths) != images.shape[0]:
+        raise ValueError(f"{images.shape[0]} images but {len(paths)} paths")
+    for im, p in zip(tensor_to_pils(images), paths):
+        p.parent.mkdir(parents=True, exist_ok=True)
+        im.save(p)
+    return paths
 
 
 def make_grid(images: torch.Tensor, nrow: int | None = None, pad: int = 2) -> Image.Image:
@@ -38,12 +71,46 @@ def save_grid(images: torch.Tensor, path: str | Path, nrow: int | None = None) -
     return path
 
 
+# ---- pixels → tensor --------------------------------------------------------------------------
+@dataclass(frozen=True)
+class LoadedImage:
+    tensor: torch.Tensor  # (1, C, size, size) in [-1, 1]
+    original_size: tuple[int, int]  # (width, height) before the size policy
+
+    @property
+    def resized(self) -> bool:
+        side = self.tensor.shape[-1]
+        return self.original_size != (side, side)
+
+
+def pil_to_tensor(im: Image.Image, channels: int) -> torch.Tensor:
+    """PIL image → (1, C, H, W) float in [-1, 1], colour mode by the policy (no resizing)."""
+    return to_tensor_pm1(to_channels(im, channels)).unsqueeze(0)
+
+
+def fit_to_tensor(im: Image.Image, size: int, channels: int) -> torch.Tensor:
+    """PIL image → (1, C, size, size) in [-1, 1] by the whole policy (colour, resize, centre crop)."""
+    return to_tensor_pm1(fit_image(im, channels, size)).unsqueeze(0)
+
+
+def resize_and_center_crop(im: Image.Image, size: int) -> Image.Image:
+    """The geometry half of the policy alone (shorter side → `size`, Lanczos; centre square)."""
+    return resize_and_crop(im, size, "center")
+
+
+def open_image_file(path: str | Path, size: int, channels: int) -> LoadedImage:
+    """Read one image file for the model, with the policy above. Clear errors for bad files."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"image not found: {path}")
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return LoadedImage(fit_to_tensor(im, size, channels), im.size)
+    except Exception as e:  # PIL raises OSError subclasses, DecompressionBombError, SyntaxError, ...
+        raise ValueError(f"cannot read image {path}: {e}") from None
+
+
 def load_image(path: str | Path, size: int, channels: int) -> torch.Tensor:
-    """Read an image file as (1, C, size, size) in [-1, 1].
-
-    Resize policy: the shorter side is resized to `size` (bicubic), then the centre is cropped,
-    matching how training shards are packed. Clear errors for missing or unreadable files.
-    """
-    from ldm_system.serving.image_io import open_image_file
-
+    """Read an image file as (1, C, size, size) in [-1, 1] (see `open_image_file`)."""
     return open_image_file(path, size, channels).tensor

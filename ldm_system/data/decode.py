@@ -28,9 +28,8 @@ from ldm_system.data.transforms import (
     CHANNEL_MODES,
     CROP_MODES,
     decode_image,
+    fit_image,
     hflip,
-    resize_and_crop,
-    to_channels,
     to_uint8_tensor,
 )
 
@@ -103,10 +102,8 @@ def _image(raw: RawSample, opts: DecodeOptions, epoch: int) -> torch.Tensor:
     except Exception as exc:  # noqa: BLE001 - Pillow's decoders raise many exception types
         raise CorruptSample(f"{raw.key}.{ext}: {type(exc).__name__}: {exc}") from None
     channels = opts.channels or (1 if img.mode in _GRAY_MODES else 3)
-    img = to_channels(img, channels)
     rng = KeyedRandom("augment", opts.seed, epoch, raw.key) if opts.crop == "random" or opts.flip else None
-    if opts.image_size is not None:
-        img = resize_and_crop(img, opts.image_size, opts.crop, rng)
+    img = fit_image(img, channels, opts.image_size, opts.crop, rng)
     if opts.flip and rng is not None and rng.random() < FLIP_PROBABILITY:
         img = hflip(img)
     return to_uint8_tensor(img)

@@ -22,7 +22,7 @@ import numpy as np
 from ldm_system.data.manifest import Manifest, SkippedFile
 from ldm_system.data.source_api import SkipItem, Source
 from ldm_system.data.sources import open_source
-from ldm_system.data.transforms import encode_png, resize_and_crop, to_channels
+from ldm_system.data.transforms import encode_png, fit_image
 from ldm_system.data.writer import ShardWriter
 
 logger = logging.getLogger(__name__)
@@ -104,9 +104,7 @@ def _pack_source(source: Source, cfg: PackConfig) -> Manifest:
                 logger.warning("skipping %s: %s", source.describe(index), skip.reason)
                 skipped.append(SkippedFile(source.describe(index), skip.reason))
                 continue
-            image = to_channels(item.image, source.channels)
-            if cfg.image_size is not None:
-                image = resize_and_crop(image, cfg.image_size, "center")
+            image = fit_image(item.image, source.channels, cfg.image_size)
             sizes.add(image.size)
             writer.write(
                 source.key(index),

@@ -9,8 +9,12 @@ Colour-mode policy (one rule for every source):
   * RGB -> L uses Pillow's ITU-R 601-2 luma; L -> RGB repeats the gray value in the three channels.
 
 Geometry: `resize_shorter` scales the shorter side to `size` (aspect ratio kept, Lanczos, which
-antialiases when shrinking); `crop_square` then cuts a `size` x `size` square (center or random).
+antialiases when shrinking); `crop_box` then cuts a `size` x `size` square (center or random).
 Tensors come out as float32 (C, H, W) in [-1, 1] (the loader converts whole uint8 batches at once).
+
+`fit_image` applies both, colour first, and is the only entry point: the packer, the streaming
+decoder and every file or upload the model reads (`ldm_system.images`) go through it, so an image
+given to `ldm invert` or the server is prepared exactly as the training images were.
 """
 from __future__ import annotations
 
@@ -105,6 +109,16 @@ def resize_and_crop(
     img = resize_shorter(img, size)
     box = crop_box(img.width, img.height, size, mode, rng)
     return img if box == (0, 0, img.width, img.height) else img.crop(box)
+
+
+def fit_image(
+    img: Image.Image, channels: int, size: int | None = None, crop: str = "center", rng: RandomLike | None = None
+) -> Image.Image:
+    """The one geometry/colour policy: colour mode first (alpha over white), then, with `size`, shorter
+    side to `size` (Lanczos) and a square crop. Compositing before resizing keeps transparent edges
+    from bleeding dark fringes into the resampled pixels."""
+    img = to_channels(img, channels)
+    return img if size is None else resize_and_crop(img, size, crop, rng)
 
 
 def hflip(img: Image.Image) -> Image.Image:

@@ -72,3 +72,29 @@ def test_missing_and_unreadable_files(tmp_path):
     (tmp_path / "t.png").write_text("text")
     with pytest.raises(ValueError, match="cannot read image"):
         open_image_file(tmp_path / "t.png", 8, 1)
+
+
+@pytest.mark.parametrize("channels", [3, 1])
+def test_packer_and_serving_prepare_the_same_pixels(tmp_path, channels):
+    """An odd-sized RGBA picture with a half-transparent background: the packed shard, the CLI's file
+    reader and the server's base64 reader all give the same pixels (alpha over white, Lanczos)."""
+    from ldm_system.data.shards import pack
+    from ldm_system.data.stream import first_images
+
+    g = torch.Generator().manual_seed(1)
+    rgba = (torch.rand(23, 37, 4, generator=g) * 255).to(torch.uint8).numpy()
+    rgba[:, :18, 3] = 0  # a fully transparent left band (its hidden colour must not show)
+    rgba[:, 18:26, 3] = 128
+    src = tmp_path / "src"
+    src.mkdir()
+    Image.fromarray(rgba, "RGBA").save(src / "x.png")
+    pack(str(src), tmp_path / "shards", image_size=16, channels=channels)
+    packed = first_images(str(tmp_path / "shards"), 1)
+
+    served = open_image_file(src / "x.png", 16, channels)
+    b64 = base64.b64encode((src / "x.png").read_bytes()).decode()
+    assert served.original_size == (37, 23) and served.resized
+    assert torch.equal(served.tensor, packed)
+    assert torch.equal(b64_to_tensor(b64, 16, channels, resize=True), packed)
+    assert torch.equal(load_image(src / "x.png", 16, channels), packed)
+    assert packed[..., :, :2].min() == 1.0  # the transparent band came out white
