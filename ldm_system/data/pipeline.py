@@ -137,7 +137,8 @@ class ShardStream(IterableDataset):
         index = 0
         for shard in self.plan.stream_shards(epoch, stream):
             problems: list[tuple[str, str]] = []
-            for raw in read_samples(self.shards[shard].url, lambda *p: problems.append(p)):
+            ref = self.shards[shard]
+            for raw in read_samples(ref.url, lambda *p: problems.append(p), remote=ref.remote):
                 keep = self.plan.keeps_sample(index, stream)
                 index += 1
                 if keep:

@@ -7,6 +7,13 @@ A spec is one of:
     `out/shard-{000000..000003}.tar` or `a/shard-000000.tar::b/shard-000000.tar`.
     When a listed local shard sits next to a manifest that names it, its count is taken from there.
 Local shards must exist: a typo fails here, with the missing paths, not later inside a worker.
+
+Names are data, never commands. A shard found by listing a folder or named in a manifest is always
+a local file, given as its resolved absolute path, whatever characters its name holds: a downloaded
+dataset with a file called `pipe:rm -rf ~;.tar` is read as a (broken) tar file, not run. Manifest
+names must stay inside the manifest's folder. Remote streams (`http(s)://`, `s3://`, `gs://`) come
+only from a spec the user typed; `pipe:<shell command>` only when the user also sets
+`allow_pipe=True` (`data.allow_pipe: true`), since webdataset runs it through a shell.
 """
 from __future__ import annotations
 
@@ -16,15 +23,16 @@ from pathlib import Path
 from webdataset.shardlists import expand_urls
 
 from ldm_system.data.manifest import MANIFEST_NAME, Manifest, read_manifest
-from ldm_system.data.tario import REMOTE_PREFIXES
+from ldm_system.data.tario import PIPE_PREFIX, REMOTE_PREFIXES
 
 _SHOW_MISSING = 5
 
 
 @dataclass(frozen=True)
 class ShardRef:
-    url: str
+    url: str  # a resolved local path, or (remote=True) a URL the user typed
     num_samples: int | None = None  # None when no manifest says
+    remote: bool = False  # True only for user-typed http(s)/s3/gs/pipe: URLs, opened with gopen
 
 
 @dataclass(frozen=True)
@@ -38,9 +46,18 @@ class ShardList:
         return None if any(c is None for c in counts) else sum(counts)  # type: ignore[misc]
 
 
+def _inside(folder: Path, name: str) -> Path:
+    """`folder/name` resolved, refusing a manifest name that points outside its folder."""
+    base = folder.resolve()
+    path = (base / name).resolve()
+    if not path.is_relative_to(base):
+        raise ValueError(f"{folder / MANIFEST_NAME}: shard name {name!r} points outside {base}")
+    return path
+
+
 def _from_manifest(folder: Path) -> ShardList:
     manifest = read_manifest(folder)
-    refs = tuple(ShardRef(str(folder / s.name), s.num_samples) for s in manifest.shards)
+    refs = tuple(ShardRef(str(_inside(folder, s.name)), s.num_samples) for s in manifest.shards)
     missing = [r.url for r in refs if not Path(r.url).is_file()]
     if missing:
         raise FileNotFoundError(
@@ -59,7 +76,24 @@ def _sibling_counts(paths: list[Path]) -> dict[Path, int]:
     return counts
 
 
-def resolve_shards(spec: str | Path) -> ShardList:
+def _local_ref(path: Path, counts: dict[Path, int]) -> ShardRef:
+    resolved = path.resolve()
+    return ShardRef(str(resolved), counts.get(resolved))
+
+
+def _user_url(url: str, allow_pipe: bool) -> bool:
+    """Whether a URL from the user's own spec is remote; a refused `pipe:` raises."""
+    if url.startswith(PIPE_PREFIX):
+        if not allow_pipe:
+            raise ValueError(
+                f"shard spec {url!r} is a shell command (webdataset's pipe:); set data.allow_pipe: true "
+                f"to run it, or write ./{url} for a local file of that name"
+            )
+        return True
+    return url.startswith(REMOTE_PREFIXES)
+
+
+def resolve_shards(spec: str | Path, allow_pipe: bool = False) -> ShardList:
     spec = str(spec)
     if not spec.strip():
         raise ValueError("empty shard spec: give a folder with manifest.json or a shard pattern")
@@ -67,14 +101,17 @@ def resolve_shards(spec: str | Path) -> ShardList:
     if path.is_dir():
         if (path / MANIFEST_NAME).is_file():
             return _from_manifest(path)
-        tars = sorted(path.glob("*.tar"))
+        # Regular files only: a FIFO or device named *.tar would block or stream forever.
+        tars = sorted(t for t in path.glob("*.tar") if t.is_file())
         if not tars:
             raise FileNotFoundError(f"{spec}: folder has neither {MANIFEST_NAME} nor *.tar shards")
-        return ShardList(tuple(ShardRef(str(t)) for t in tars))
+        # Listed names are data: resolved paths, so none can start with pipe: or http:.
+        return ShardList(tuple(ShardRef(str(t.resolve())) for t in tars))
     if path.name == MANIFEST_NAME and path.is_file():
         return _from_manifest(path.parent)
     urls = expand_urls(spec)
-    local = [Path(u) for u in urls if not u.startswith(REMOTE_PREFIXES)]
+    remote = {u: _user_url(u, allow_pipe) for u in urls}
+    local = [Path(u) for u in urls if not remote[u]]
     missing = [str(p) for p in local if not p.is_file()]
     if missing:
         raise FileNotFoundError(
@@ -83,7 +120,6 @@ def resolve_shards(spec: str | Path) -> ShardList:
         )
     counts = _sibling_counts(local)
     refs = tuple(
-        ShardRef(u, None if u.startswith(REMOTE_PREFIXES) else counts.get(Path(u).resolve()))
-        for u in urls
+        ShardRef(u, remote=True) if remote[u] else _local_ref(Path(u), counts) for u in urls
     )
     return ShardList(refs)

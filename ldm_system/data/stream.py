@@ -65,6 +65,9 @@ class StreamConfig:
     granularity: str = "auto"  # "auto" | "shard" | "sample", see partition.py
     sample_posterior: bool = False  # latent shards with mean/logvar: draw z instead of latent.npy
     prefetch_factor: int = 2  # batches prefetched per worker
+    # Let `shards` be `pipe:<shell command>` (webdataset runs it through a shell). Off by default:
+    # only a spec typed by the user can be a pipe, never a name listed from a folder or manifest.
+    allow_pipe: bool = False
 
     def __post_init__(self) -> None:
         positive = {"batch_size": self.batch_size, "prefetch_factor": self.prefetch_factor}
@@ -98,7 +101,7 @@ class StreamLoader:
         self.config = config
         self.rank = rank
         self.world_size = world_size
-        self.shard_list = resolve_shards(config.shards)
+        self.shard_list = resolve_shards(config.shards, allow_pipe=config.allow_pipe)
         self.workers = max(1, config.num_workers)  # streams per rank; 0 workers = 1 in-process stream
         self.plan = EpochPlan.create(
             num_shards=len(self.shard_list.shards),

@@ -34,7 +34,11 @@ _PREFIX = slice(345, 500)
 _REGULAR = (b"0", b"\0", b"7")  # 7 = contiguous file, read like a regular one
 _PAX = (b"x",)
 _GNU_LONGNAME = b"L"
-REMOTE_PREFIXES = ("pipe:", "http://", "https://", "s3://", "gs://")
+# Streams that webdataset's `gopen` opens. `gopen` runs a `pipe:` URL through a shell, so these
+# prefixes only ever come from a spec the user typed (see shardlist.py); a name found by listing a
+# folder or reading a manifest is data and is opened as a local file whatever it starts with.
+REMOTE_PREFIXES = ("http://", "https://", "s3://", "gs://")
+PIPE_PREFIX = "pipe:"
 
 
 class TarDamage(Exception):
@@ -55,9 +59,11 @@ class RawSample:
     url: str = ""
 
 
-def open_shard(url: str) -> BinaryIO:
-    """Open a local path, or any URL webdataset's `gopen` understands (pipe:, http://, ...)."""
-    if url.startswith(REMOTE_PREFIXES):
+def open_shard(url: str, remote: bool = False) -> BinaryIO:
+    """Open a shard. `remote=False` (the default) always opens `url` as a local file, even when the
+    name looks like `pipe:...` or `http://...`; only `remote=True`, which shardlist.py sets for a URL
+    the user typed, hands it to webdataset's `gopen` (http(s), s3, gs, and pipe: when allowed)."""
+    if remote:
         from webdataset.gopen import gopen  # only remote shards need it
 
         stream = gopen(url, "rb")
@@ -161,10 +167,11 @@ def split_name(name: str) -> tuple[str, str] | None:
 Report = Callable[[str, str], None]
 
 
-def read_samples(url: str, report: Report) -> Iterator[RawSample]:
-    """Samples of one shard. Damage ends the shard and is reported instead of raised."""
+def read_samples(url: str, report: Report, remote: bool = False) -> Iterator[RawSample]:
+    """Samples of one shard (`remote` as in `open_shard`). Damage ends the shard and is reported
+    instead of raised."""
     try:
-        f = open_shard(url)
+        f = open_shard(url, remote)
     except OSError as exc:
         report("unreadable_shards", f"cannot open shard {url}: {exc}")
         return
