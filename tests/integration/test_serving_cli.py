@@ -77,7 +77,7 @@ def test_invert_noise_as_pt(serving_model_dir, held_out_files, tmp_path, capsys)
     code, _, err = run(capsys, "invert", "--model", serving_model_dir, held_out_files[0][0], "--steps", 3,
                        "--noise-format", "pt", "--out", tmp_path, "--no-progress")
     assert code == 0, err
-    saved = torch.load(tmp_path / "x_T.pt")
+    saved = torch.load(tmp_path / "x_T.pt", weights_only=True)
     assert saved["x_T"].shape == (1, 3, 8, 8) and saved["steps"] == "3"
 
 
@@ -147,7 +147,7 @@ def test_interpolate_writes_one_row(serving_model_dir, held_out_files, tmp_path,
     (["sample", "--num", 0], "ldm sample: error: --num must be positive, got 0"),
     (["sample", "--num", 2, "--steps", 2, "--class", "Hat"], "ldm sample: error: unknown class 'Hat'; known classes: T-shirt/top"),
     (["sample", "--num", 2, "--steps", 2, "--class", 12], "ldm sample: error: unknown class '12': class ids are 0..9"),
-    (["sample", "--num", 3, "--steps", 2, "--class", 1, 2], "ldm sample: error: --class takes one value, 'all', or one per image (3); got 2"),
+    (["sample", "--num", 3, "--steps", 2, "--class", 1, 2], "ldm sample: error: --class: give one value, 'all' or one per image (3), got 2"),
     (["sample", "--num", 2, "--steps", 1001], "ldm sample: error: num_steps=1001 exceeds num_train_timesteps=1000"),
     (["sample", "--num", 2, "--out", "grid.txt"], "ldm sample: error: --out grid.txt: expected an image file name"),
     (["sample", "--num", 2, "--steps", 2, "--sampler", "ddpm", "--eta", 0.5], "ldm sample: error: eta applies to the ddim sampler only"),
