@@ -25,6 +25,7 @@ from typing import Sequence
 import torch
 
 from ldm_system.diffusion.samplers import SAMPLERS
+from ldm_system.models.conditioning import per_image
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
@@ -72,26 +73,13 @@ def _load_images(pipe, paths: Sequence[str]) -> torch.Tensor:
 def expand_classes(pipe, spec: Sequence[str] | None, n: int, flag: str = "--class") -> list | None:
     """CLI class list → one class per image: none, "all" (cycle through the classes), one value for
     every image, or exactly n values. Each value is a class name or an integer id."""
-    if not spec:
-        return None
-    if list(spec) == ["all"]:
-        k = pipe.net.cfg.num_classes
-        if pipe.net.cfg.conditioning != "class":
-            raise ValueError(f"{flag} all: this model is not class-conditional")
-        return [i % k for i in range(n)]
-    if len(spec) == 1:
-        return [spec[0]] * n
-    if len(spec) != n:
-        raise ValueError(f"{flag} takes one value, 'all', or one per image ({n}); got {len(spec)}")
-    return list(spec)
+    if list(spec or []) == ["all"]:
+        return pipe.conditioning.cycle_classes(n)
+    return per_image(spec or None, n, flag, "value, 'all'")
 
 
 def expand_prompts(prompts: Sequence[str], n: int) -> list[str]:
-    if len(prompts) == 1:
-        return [prompts[0]] * n
-    if len(prompts) != n:
-        raise ValueError(f"--prompt takes one value or one per image ({n}); got {len(prompts)}")
-    return list(prompts)
+    return per_image(prompts, n, "--prompt", "prompt")
 
 
 def _check_class_or_prompt(a: argparse.Namespace) -> None:
@@ -212,7 +200,7 @@ def cmd_invert(a: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     names = _stem_names(a.images)
     meta = {"images": json.dumps([str(p) for p in a.images]), "steps": str(a.steps), "model": str(a.model),
-            "classes": json.dumps(None if classes is None else [pipe.class_id(c) for c in classes]),
+            "classes": json.dumps(None if classes is None else [pipe.conditioning.class_id(c) for c in classes]),
             "prompts": json.dumps(prompts), "guidance": str(a.guidance), "null_optimization": str(a.null_opt)}
     noise = save_noise(out / f"x_T.{a.noise_format}", r.x_T, meta)
     if r.null_embeddings is not None:  # replay: ldm_system.serving.cli.replay_inversion(pipe, out)

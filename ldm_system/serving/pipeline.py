@@ -30,12 +30,11 @@ from ldm_system.diffusion.inversion import ddim_invert, latent_mse, reconstruct
 from ldm_system.diffusion.loop import sample
 from ldm_system.diffusion.null_inversion import null_condition_inversion
 from ldm_system.diffusion.samplers import SamplerConfig, make_sampler
+from ldm_system.models.conditioning import ClassSpec, Conditioning, per_image
 from ldm_system.models.latent import LatentCodec
 from ldm_system.models.text import TextEncoder, check_cross_attention_dim
 from ldm_system.models.unet import Denoiser, UNetConfig
 from ldm_system.serving.export import LDM_META
-
-ClassSpec = int | str
 
 
 @dataclass(frozen=True)
@@ -66,11 +65,13 @@ class LDMPipeline:
             check_cross_attention_dim(denoiser.cfg.cross_attention_dim, text)
         self.schedule = diffusion.schedule()
         self.classes = list(classes)
+        self.device = next(denoiser.parameters()).device
+        self.conditioning = Conditioning.of(denoiser.cfg, self.classes, text,
+                                            embed=self.net.class_embedding, device=self.device)
         u = denoiser.cfg
         f = 1 if codec.is_identity else codec.ae.cfg.f
         self.image_size = image_size or u.sample_size * f
         self.image_channels = image_channels or (u.in_channels if codec.is_identity else codec.ae.cfg.in_channels)
-        self.device = next(denoiser.parameters()).device
 
     # ---- loading -------------------------------------------------------------------------
     @classmethod
@@ -102,42 +103,8 @@ class LDMPipeline:
     def model_fn(self, x: torch.Tensor, t: torch.Tensor, cond):
         return self.net(x, t, cond)
 
-    def condition(self, classes: Sequence[ClassSpec] | None, prompts: Sequence[str] | None, n: int):
-        """Class ids (n,) for class models, prompt states (n, L, D) for text models (no prompts: the
-        empty prompt, i.e. unconditional), None for unconditional models."""
-        if self.net.cfg.conditioning != "text":
-            if prompts is not None:
-                raise ValueError("this model is not text-conditional; pass classes, not prompts")
-            return self.class_ids(classes, n)
-        if classes is not None and any(c is not None for c in classes):
-            raise ValueError("this model is text-conditional; pass prompts, not classes")
-        if prompts is None:
-            prompts = [""] * n
-        if isinstance(prompts, str) or len(prompts) != n:
-            raise ValueError(f"give a list of {n} prompts, got {prompts!r}")
-        return self.text.encode(prompts)
-
     def class_ids(self, classes: Sequence[ClassSpec] | None, n: int) -> torch.Tensor | None:
-        if self.net.cfg.conditioning != "class":
-            if classes is not None and any(c is not None for c in classes):
-                raise ValueError("this model is not class-conditional; do not pass classes")
-            return None
-        if classes is None:
-            return torch.full((n,), self.net.null_class, dtype=torch.long, device=self.device)
-        if len(classes) != n:
-            raise ValueError(f"got {len(classes)} classes for {n} images")
-        return torch.tensor([self.class_id(c) for c in classes], dtype=torch.long, device=self.device)
-
-    def class_id(self, c: ClassSpec) -> int:
-        k = self.net.cfg.num_classes
-        if isinstance(c, str) and not c.lstrip("-").isdigit():
-            if c not in self.classes:
-                raise ValueError(f"unknown class {c!r}; known classes: {', '.join(self.classes) or '(unnamed) 0..' + str(k - 1)}")
-            return self.classes.index(c)
-        i = int(c)
-        if not 0 <= i < k:
-            raise ValueError(f"unknown class {c!r}: class ids are 0..{k - 1}")
-        return i
+        return self.conditioning.class_ids(classes, n)
 
     def _sampler(self, name: str, steps: int, eta: float = 0.0, spacing: str | None = None):
         if steps <= 0:
@@ -146,12 +113,7 @@ class LDMPipeline:
                             self.diffusion.prediction_type)
 
     def _guidance(self, scale: float, cond) -> Guidance | None:
-        if cond is None or scale == 1.0:
-            return None
-        if self.net.cfg.conditioning == "text":  # the empty prompt's states (1, L, D), broadcast: one batched call
-            return Guidance(scale=scale, null_cond=self.text.null())
-        null = torch.full((1,), self.net.null_class, dtype=torch.long, device=self.device)
-        return Guidance(scale=scale, null_cond=null)
+        return self.conditioning.guidance(scale, cond)
 
     def latent_shape(self, n: int) -> tuple[int, int, int, int]:
         u = self.net.cfg
@@ -176,7 +138,7 @@ class LDMPipeline:
                prompts: Sequence[str] | None = None) -> torch.Tensor:
         if num <= 0:
             raise ValueError(f"num must be positive, got {num}")
-        cond = self.condition(classes, prompts, num)
+        cond = self.conditioning.condition(classes, prompts, num)
         s = self._sampler(sampler, steps, eta)
         gen = torch.Generator(device="cpu").manual_seed(seed)
         z = sample(self.model_fn, s, self.latent_shape(num), num_steps=steps, cond=cond,
@@ -198,7 +160,7 @@ class LDMPipeline:
         """
         images = self.check_images(images)
         n = images.shape[0]
-        cond = self.condition(classes, prompts, n)
+        cond = self.conditioning.condition(classes, prompts, n)
         if null_optimization and (cond is None or guidance == 1.0 or (classes is None and prompts is None)):
             raise ValueError("null-condition inversion needs a conditional model, classes (class models) or "
                              "prompts (text models), and guidance != 1")
@@ -210,27 +172,13 @@ class LDMPipeline:
             with torch.no_grad():
                 zr = reconstruct(self.model_fn, s, inv, cond=cond, guidance=self._guidance(guidance, cond))
             return self._report(images, z0, inv.x_T, zr)
-        fcond = self._float_cond(cond)
+        fcond = self.conditioning.as_float(cond)
         ninv = null_condition_inversion(self.model_fn, s, z0, num_steps=steps, cond=fcond,
-                                        null_cond=self._null_start(n), scale=guidance,
+                                        null_cond=self.conditioning.null_start(n), scale=guidance,
                                         inner_steps=null_inner_steps, lr=null_lr, inversion=inv)
         with torch.no_grad():
             zr = reconstruct(self.model_fn, s, inv, cond=fcond, guidance=ninv.guidance())
         return self._report(images, z0, inv.x_T, zr, null_embeddings=torch.stack(ninv.null_conds))
-
-    def _float_cond(self, cond: torch.Tensor) -> torch.Tensor:
-        """The condition as the float tensor null-condition inversion works with: class ids → their
-        embedding rows (B, E); prompt states (B, L, D) as they are."""
-        return cond if cond.is_floating_point() else self.net.class_embedding(cond).detach()
-
-    def _null_start(self, n: int) -> torch.Tensor:
-        """The unconditional input null-condition inversion starts from, one copy per image: the null
-        class's embedding (n, E), or the empty prompt's states (n, L, D) (null-text inversion)."""
-        if self.net.cfg.conditioning == "text":
-            null = self.text.null()
-        else:
-            null = self.net.class_embedding(torch.tensor([self.net.null_class], device=self.device))
-        return null.detach().expand(n, *null.shape[1:]).clone()
 
     @torch.no_grad()
     def reconstruct(self, x_T: torch.Tensor, classes: Sequence[ClassSpec] | None = None, steps: int = 50,
@@ -248,7 +196,7 @@ class LDMPipeline:
             raise ValueError(f"x_T must be (B, {', '.join(map(str, want))}), got {tuple(x_T.shape)}")
         x_T = x_T.to(self.device).float()
         n = x_T.shape[0]
-        cond = self.condition(classes, prompts, n)
+        cond = self.conditioning.condition(classes, prompts, n)
         s = self._sampler("ddim", steps)
         if null_embeddings is None:
             g = self._guidance(guidance, cond)
@@ -256,7 +204,7 @@ class LDMPipeline:
             if cond is None or guidance == 1.0:
                 raise ValueError("null_embeddings only apply to a conditional model with guidance != 1 "
                                  "(pass the guidance the inversion used)")
-            cond = self._float_cond(cond)
+            cond = self.conditioning.as_float(cond)
             nulls = null_embeddings.to(self.device).float()
             if nulls.shape[0] != steps or tuple(nulls.shape[2:]) != tuple(cond.shape[1:]) or nulls.shape[1] not in (1, n):
                 raise ValueError(f"null_embeddings must be (steps={steps}, {n}, {', '.join(map(str, cond.shape[1:]))}), "
@@ -278,19 +226,6 @@ class LDMPipeline:
         )
 
     # ---- editing ---------------------------------------------------------------------------
-    def _prompt_list(self, prompts: str | Sequence[str] | None, n: int, what: str) -> list[str] | None:
-        """One prompt for every image (a string or a one-element list), or one per image."""
-        if prompts is None:
-            return None
-        values = [prompts] if isinstance(prompts, str) else list(prompts)
-        if not all(isinstance(v, str) for v in values):
-            raise ValueError(f"{what} must be text, got {prompts!r}")
-        if len(values) == 1:
-            values = values * n
-        if len(values) != n:
-            raise ValueError(f"{what}: give one prompt or one per image ({n}), got {len(values)}")
-        return values
-
     @torch.no_grad()
     def edit(self, images: torch.Tensor, source_class: ClassSpec | None = None, target_class: ClassSpec | None = None,
              steps: int = 50, keep_steps: int | None = None, guidance: float = 1.0,
@@ -314,14 +249,14 @@ class LDMPipeline:
                 raise ValueError("this model is text-conditional; edit with source_prompt/target_prompt, not classes")
             if target_prompt is None:
                 raise ValueError("a text edit needs target_prompt (source_prompt defaults to '', the empty prompt)")
-            src = self.condition(None, self._prompt_list(source_prompt or "", n, "source_prompt"), n)
-            tgt = self.condition(None, self._prompt_list(target_prompt, n, "target_prompt"), n)
+            src = self.conditioning.condition(None, per_image(source_prompt or "", n, "source_prompt", "prompt"), n)
+            tgt = self.conditioning.condition(None, per_image(target_prompt, n, "target_prompt", "prompt"), n)
         elif kind == "class":
             if given_prompt:
                 raise ValueError("this model is not text-conditional; edit with source_class/target_class, not prompts")
             if source_class is None or target_class is None:
                 raise ValueError("a class edit needs source_class and target_class")
-            src, tgt = self.class_ids([source_class] * n, n), self.class_ids([target_class] * n, n)
+            src, tgt = self.conditioning.class_ids([source_class] * n, n), self.conditioning.class_ids([target_class] * n, n)
         else:
             raise ValueError("edits need a class- or text-conditional model (this one is unconditional; try sdedit)")
         keep = steps // 5 if keep_steps is None else keep_steps
@@ -338,8 +273,8 @@ class LDMPipeline:
         per image); neither: unconditional."""
         images = self.check_images(images)
         n = images.shape[0]
-        cond = self.condition(None if target_class is None else [target_class] * n,
-                              self._prompt_list(target_prompt, n, "target_prompt"), n)
+        cond = self.conditioning.condition(None if target_class is None else [target_class] * n,
+                              per_image(target_prompt, n, "target_prompt", "prompt"), n)
         z0 = self.codec.encode(images)
         gen = torch.Generator(device="cpu").manual_seed(seed)
         z = sdedit(self.model_fn, self._sampler("ddim", steps), z0, num_steps=steps, strength=strength, cond=cond,
@@ -357,7 +292,7 @@ class LDMPipeline:
         if num < 2:
             raise ValueError(f"num must be at least 2, got {num}")
         images = self.check_images(torch.cat([image_a, image_b]))
-        cond = self.condition(classes, self._prompt_list(prompts, 2, "prompts"), 2)
+        cond = self.conditioning.condition(classes, per_image(prompts, 2, "prompts", "prompt"), 2)
         z0 = self.codec.encode(images)
         s = self._sampler("ddim", steps)
         xT = ddim_invert(self.model_fn, s, z0, num_steps=steps, cond=cond).x_T
@@ -365,7 +300,7 @@ class LDMPipeline:
         xs = torch.cat([slerp(xT[:1], xT[1:], float(a)) for a in alphas]).to(xT.dtype)
         c = None
         if cond is not None:  # blend the two class embeddings (or prompt states) linearly along the path
-            e = cond if cond.is_floating_point() else self.net.class_embedding(cond)
+            e = self.conditioning.as_float(cond)
             c = torch.stack([(1 - float(a)) * e[0] + float(a) * e[1] for a in alphas])
         z = sample(self.model_fn, s, xs.shape, num_steps=steps, cond=c, x_T=xs)
         return self.codec.decode(z).clamp(-1, 1)

@@ -34,6 +34,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from ldm_system.diffusion.samplers import SAMPLERS
+from ldm_system.models.conditioning import per_image
 from ldm_system.serving.image_io import ImageDecodeError, ImageSizeError, b64_to_tensor, tensor_to_b64png
 from ldm_system.serving.schemas import EditRequest, InterpolateRequest, InvertRequest, SampleRequest
 
@@ -86,28 +87,15 @@ class _Handlers:
     def classes(self, spec, n: int) -> list | None:
         if spec is None:
             return None
-        kind = self.pipe.net.cfg.conditioning
-        if kind != "class":
-            raise _invalid("this model is text-conditional; pass prompts, not classes" if kind == "text"
-                           else "this model is not class-conditional; do not pass classes")
-        values = spec if isinstance(spec, list) else [spec]
-        if len(values) == 1:
-            values = values * n
-        if len(values) != n:
-            raise _invalid(f"classes: give one value or one per image ({n}), got {len(values)}")
+        self.pipe.conditioning.check_kind(True, False)
+        values = per_image(spec, n, "classes")
         for v in values:  # unknown names/ids → 422 naming the known classes
-            self.pipe.class_id(v)
+            self.pipe.conditioning.class_id(v)
         return values
 
     def prompts(self, spec, n: int) -> list[str]:
-        if self.pipe.net.cfg.conditioning != "text":
-            raise _invalid("this model is not text-conditional; pass classes, not prompts")
-        values = spec if isinstance(spec, list) else [spec]
-        if len(values) == 1:
-            values = values * n
-        if len(values) != n:
-            raise _invalid(f"prompts: give one prompt or one per image ({n}), got {len(values)}")
-        return values
+        self.pipe.conditioning.check_kind(False, True)
+        return per_image(spec, n, "prompts", "prompt")
 
     def images(self, data: list[str], resize: bool) -> torch.Tensor:
         self.check_batch(len(data), "number of images")

@@ -20,10 +20,11 @@ import torch
 from torch import nn
 
 from ldm_system.diffusion.config import DiffusionConfig
-from ldm_system.diffusion.guidance import Guidance, drop_condition
+from ldm_system.diffusion.guidance import drop_condition
 from ldm_system.diffusion.loop import sample
 from ldm_system.diffusion.samplers import SamplerConfig, make_sampler
 from ldm_system.diffusion.targets import diffusion_loss, offset_noise, sample_timesteps
+from ldm_system.models.conditioning import Conditioning
 from ldm_system.models.latent import LatentCodec
 from ldm_system.models.text import TextEncoder, check_cross_attention_dim, drop_captions
 from ldm_system.models.unet import Denoiser, UNetConfig
@@ -134,15 +135,15 @@ class DiffusionTask:
         shape = (p.num_images, *x0.shape[1:])
         gen = torch.Generator(device="cpu").manual_seed(p.seed)  # own RNG: previews never shift training RNG
         sampler = make_sampler(SamplerConfig(name="ddim", num_steps=p.steps), self.schedule, self.diff_cfg.prediction_type)
-        cond, guidance = None, None
+        conditioning = Conditioning.of(self.unet_cfg, text=self.text, device=x0.device)
+        classes, prompts = None, None
         if self.unet_cfg.conditioning == "class":
-            k = self.unet_cfg.num_classes
-            cond = torch.arange(p.num_images, device=x0.device) % k
-            guidance = Guidance(scale=p.guidance, null_cond=torch.full((1,), k, device=x0.device, dtype=torch.long))
+            classes = conditioning.cycle_classes(p.num_images)
         elif self.unet_cfg.conditioning == "text":
             names = self.info.get("classes") or list(batch[2]) or [""]
-            cond = self.text.encode([names[i % len(names)] for i in range(p.num_images)])  # (N, L, D)
-            guidance = Guidance(scale=p.guidance, null_cond=self.text.null())  # (1, L, D), broadcast
+            prompts = [names[i % len(names)] for i in range(p.num_images)]
+        cond = conditioning.condition(classes, prompts, p.num_images)  # (N,) ids or (N, L, D) states
+        guidance = conditioning.guidance(p.guidance, cond)
         was_training = net.training
         net.eval()
         dtype = next(net.parameters()).dtype  # low precision under DeepSpeed bf16/fp16
