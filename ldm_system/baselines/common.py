@@ -1,4 +1,4 @@
-"""What every baseline family shares: the trained-model folder and the `Generator` interface.
+"""What every baseline family shares: the trained-model folder, training and loading.
 
 A baseline is one more task of the engine (`ldm_system/train`). After training, rank 0 writes the
 model folder that evaluation and `ldm report` read:
@@ -7,13 +7,13 @@ model folder that evaluation and `ldm report` read:
     OUT/model/model.safetensors    the weights (the EMA weights when the run kept an EMA)
 
 Loading checks the family, so a flow folder handed to the GAN loader is a clear error, never
-silently wrong weights.
+silently wrong weights. What evaluation reads from a loaded model is `eval/protocols.py`.
 """
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Callable, Protocol, TypeVar, runtime_checkable
+from typing import Any, Callable, TypeVar
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -27,26 +27,6 @@ from ldm_system.train.engine import Trainer
 MODEL_JSON = "baseline.json"
 WEIGHTS = "model.safetensors"
 C = TypeVar("C")
-
-
-@runtime_checkable
-class Generator(Protocol):
-    """A trained image model as evaluation sees it (every family, the LDM included)."""
-
-    image_shape: tuple[int, int, int]  # (C, H, W) of the images it makes
-
-    def sample(self, num: int, seed: int = 0) -> torch.Tensor:
-        """(num, C, H, W) images in [-1, 1]; the same seed gives the same images."""
-        ...
-
-
-@runtime_checkable
-class LikelihoodModel(Generator, Protocol):
-    """Families with an exact (flow) or exactly computable (autoregressive) likelihood."""
-
-    def bits_per_dim(self, images: torch.Tensor) -> torch.Tensor:
-        """(B,) negative log-likelihood of 8-bit images (given in [-1, 1]) in bits per dimension."""
-        ...
 
 
 def save_model_folder(out: str | Path, family: str, model_cfg: Any, module: nn.Module, **extra: Any) -> Path:

@@ -224,7 +224,7 @@ def run_gan(cfg: GANRunConfig, resume: str | None = None) -> Path:
 
 
 class GANSampler:
-    """A trained generator as the evaluation `Generator`: `sample(num, seed)` → (num, C, S, S) in [-1, 1]."""
+    """A trained generator as evaluation's `GenerativeModel`: `sample(num, seed)` → (num, C, S, S) in [-1, 1]."""
 
     def __init__(self, gen: Generator, meta: dict[str, Any] | None = None) -> None:
         self.gen = gen.eval()

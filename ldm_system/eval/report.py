@@ -1,7 +1,7 @@
 """One report for every model family: `ldm report NAME=MODEL ... --test-shards DIR --out DIR`.
 
-Every model is seen through the `Generator` interface (`ldm_system/baselines/common.py`): the LDM
-through its exported pipeline, the baselines through their model folders. The same held-out images,
+Every model is seen through the `GenerativeModel` interface (`ldm_system/eval/protocols.py`): the LDM
+through its export folder (`eval/ldm_generator.py`), the baselines through their model folders. The same held-out images,
 the same feature network and the same number of samples go into every row:
 
 - FD: Fréchet distance between EfficientNet-Lite0 features of `num` samples and of `num` test
@@ -24,11 +24,14 @@ from pathlib import Path
 import torch
 from PIL import Image, ImageDraw
 
-from ldm_system.baselines.common import MODEL_JSON, Generator, LikelihoodModel
+from ldm_system.baselines.common import MODEL_JSON
 from ldm_system.baselines.registry import FAMILIES, loader
 from ldm_system.data.stream import first_images
 from ldm_system.eval.features import EFFNET_FD_LABEL, build_feature_extractor
+from ldm_system.eval.ldm_generator import LDMGenerator
 from ldm_system.eval.metrics import frechet_distance_from_features, precision_recall
+from ldm_system.eval.protocols import GenerativeModel, LikelihoodModel
+from ldm_system.models.exported import LDM_META
 from ldm_system.images import make_grid
 
 
@@ -46,26 +49,10 @@ class Row:
 
 
 # ---- loading -------------------------------------------------------------------------------------
-class LDMGenerator:
-    """An exported LDM as a Generator: DDIM sampling; class models cycle through their classes."""
-
-    def __init__(self, path: str | Path, steps: int = 50, guidance: float = 1.0, device: str = "cpu") -> None:
-        from ldm_system.serving.pipeline import LDMPipeline
-
-        self.pipe = LDMPipeline.from_pretrained(path, device=device)
-        self.steps, self.guidance = steps, guidance
-        self.image_shape = (self.pipe.image_channels, self.pipe.image_size, self.pipe.image_size)
-
-    def sample(self, num: int, seed: int = 0) -> torch.Tensor:
-        k = self.pipe.net.cfg.num_classes if self.pipe.net.cfg.conditioning == "class" else 0
-        classes = [i % k for i in range(num)] if k else None
-        return self.pipe.sample(num, classes=classes, steps=self.steps, guidance=self.guidance, seed=seed)
-
-
-def load_generator(path: str | Path, ldm_steps: int = 50, ldm_guidance: float = 1.0) -> tuple[str, Generator]:
+def load_generator(path: str | Path, ldm_steps: int = 50, ldm_guidance: float = 1.0) -> tuple[str, GenerativeModel]:
     """(family, generator) for an `ldm export` folder or a baseline model/run folder."""
     path = Path(path)
-    if (path / "ldm.json").exists():
+    if (path / LDM_META).exists():
         return "ldm", LDMGenerator(path, steps=ldm_steps, guidance=ldm_guidance)
     meta_file = path / MODEL_JSON if (path / MODEL_JSON).exists() else path / "model" / MODEL_JSON
     if not meta_file.exists():
@@ -82,7 +69,7 @@ def _features(net, images: torch.Tensor, batch: int = 100) -> torch.Tensor:
     return torch.cat([net(b) for b in images.split(batch)])
 
 
-def _sample(gen: Generator, num: int, seed: int, batch: int) -> tuple[torch.Tensor, float]:
+def _sample(gen: GenerativeModel, num: int, seed: int, batch: int) -> tuple[torch.Tensor, float]:
     """(num, C, H, W) samples in [-1, 1], and the wall seconds spent in `sample` per image."""
     out, seconds = [], 0.0
     for i, start in enumerate(range(0, num, batch)):
@@ -97,7 +84,7 @@ def _sample(gen: Generator, num: int, seed: int, batch: int) -> tuple[torch.Tens
     return images.clamp(-1, 1), seconds / num
 
 
-def evaluate(name: str, family: str, gen: Generator, test: torch.Tensor, test_feats: torch.Tensor, net,
+def evaluate(name: str, family: str, gen: GenerativeModel, test: torch.Tensor, test_feats: torch.Tensor, net,
              num: int, seed: int = 0, batch: int = 50, bpd_images: int = 1000) -> tuple[Row, torch.Tensor]:
     if tuple(gen.image_shape) != tuple(test.shape[1:]):
         raise ValueError(f"{name} makes {tuple(gen.image_shape)} images, the test set holds {tuple(test.shape[1:])}")

@@ -11,9 +11,10 @@ import torch
 import kernels
 from ldm_system.baselines.ar_model import ARModelConfig, ImageTransformer
 from ldm_system.baselines.autoregressive import ARRunConfig, load_ar, run_ar
-from ldm_system.baselines.common import LikelihoodModel, save_model_folder
+from ldm_system.baselines.common import save_model_folder
 from ldm_system.config import load_config
 from ldm_system.data.stream import first_images
+from ldm_system.eval.protocols import LikelihoodModel
 
 ROOT = Path(__file__).resolve().parents[2]
 DEBUG = ROOT / "configs" / "baselines" / "ar-debug.yaml"

@@ -9,10 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from ldm_system.baselines.common import LikelihoodModel, save_model_folder
+from ldm_system.baselines.common import save_model_folder
 from ldm_system.baselines.flow import FlowRunConfig, Glow, load_flow, run_flow
 from ldm_system.baselines.flow_layers import ActNorm
 from ldm_system.config import load_config
+from ldm_system.eval.protocols import LikelihoodModel
 
 ROOT = Path(__file__).resolve().parents[2]
 DEBUG = ROOT / "configs" / "baselines" / "flow-debug.yaml"

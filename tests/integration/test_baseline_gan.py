@@ -10,11 +10,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from ldm_system.baselines.common import Generator as GeneratorProtocol
 from ldm_system.baselines.common import save_model_folder
 from ldm_system.baselines.gan import GANRunConfig, load_gan, run_gan
 from ldm_system.baselines.gan_models import GANModelConfig, Generator
 from ldm_system.config import load_config
+from ldm_system.eval.protocols import GenerativeModel
 
 ROOT = Path(__file__).resolve().parents[2]
 DEBUG = ROOT / "configs" / "baselines" / "gan-debug.yaml"
@@ -62,7 +62,7 @@ def test_train_resume_load_and_sample(shards, tmp_path):
     assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
 
     model = load_gan(out)  # the run folder works as well as the model folder
-    assert isinstance(model, GeneratorProtocol) and model.image_shape == (1, 32, 32)
+    assert isinstance(model, GenerativeModel) and model.image_shape == (1, 32, 32)
     assert model.classes == meta["classes"] and not model.gen.training
     assert any(not torch.equal(x, y) for x, y in zip(model.gen.state_dict().values(), first.gen.state_dict().values()))
     s = model.sample(12, seed=3)

@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from ldm_system.baselines.common import Generator, LikelihoodModel
+from ldm_system.eval.protocols import GenerativeModel, LikelihoodModel
 from ldm_system.eval.report import Row, data_row, evaluate, load_generator, markdown_table, write_report
 
 
@@ -50,7 +50,7 @@ def data(tmp_path_factory):
 
 def test_protocols_tell_likelihood_families_apart(data):
     test, *_ = data
-    assert isinstance(Replay(test), Generator) and not isinstance(Replay(test), LikelihoodModel)
+    assert isinstance(Replay(test), GenerativeModel) and not isinstance(Replay(test), LikelihoodModel)
     assert isinstance(Noise((1, 32, 32)), LikelihoodModel)
 
 
