@@ -7,4 +7,5 @@ imports `ldm_system` (the engine plugs `autoencoders.stage1.Stage1Task` in by du
     discriminator.py  PatchDiscriminator                losses.py    loss terms, adaptive weight, R1, LeCam
     effnet.py         EfficientNet-Lite0 (offline)      perceptual.py effnet-lite0 / lpips-vgg distances
     stage1.py         Stage1Task                         io.py        checkpoints + diffusers export
+    adversarial.py    the D/G game shared with ldm_system's GAN baseline (frozen D for the G step)
 """

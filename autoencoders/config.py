@@ -106,6 +106,19 @@ class AutoencoderConfig:
         if self.layers_per_block < 1:
             raise ValueError(f"model.layers_per_block must be >= 1, got {self.layers_per_block}")
 
+    # The shape checks both model kinds run on their inputs; they live with the numbers they check.
+    def check_images(self, x) -> None:
+        """Refuse images the model cannot take: (B, in_channels, H, W) with H and W divisible by f."""
+        if x.ndim != 4 or x.shape[1] != self.in_channels:
+            raise ValueError(f"expected images (B, {self.in_channels}, H, W), got {tuple(x.shape)}")
+        if x.shape[2] % self.f or x.shape[3] % self.f:
+            raise ValueError(f"image size {tuple(x.shape[2:])} must be divisible by the downsampling factor f={self.f}")
+
+    def check_latents(self, z) -> None:
+        """Refuse latents the decoder cannot take: (B, latent_channels, h, w)."""
+        if z.ndim != 4 or z.shape[1] != self.latent_channels:
+            raise ValueError(f"expected latents (B, {self.latent_channels}, h, w), got {tuple(z.shape)}")
+
 
 @dataclass(frozen=True)
 class LossConfig:

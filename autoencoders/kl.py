@@ -17,13 +17,6 @@ from torch import nn
 from autoencoders.config import AutoencoderConfig
 
 
-def _check_images(x: torch.Tensor, in_channels: int, f: int) -> None:
-    if x.ndim != 4 or x.shape[1] != in_channels:
-        raise ValueError(f"expected images (B, {in_channels}, H, W), got {tuple(x.shape)}")
-    if x.shape[2] % f or x.shape[3] % f:
-        raise ValueError(f"image size {tuple(x.shape[2:])} must be divisible by the downsampling factor f={f}")
-
-
 class KLAutoencoder(nn.Module):
     kind = "kl"
 
@@ -65,7 +58,7 @@ class KLAutoencoder(nn.Module):
 
     def encode(self, x: torch.Tensor) -> DiagonalGaussianDistribution:
         """Posterior q(z|x) with `.mean`, `.logvar` (clamped to [-30, 20]), `.sample()`, `.mode()`."""
-        _check_images(x, self.cfg.in_channels, self.cfg.f)
+        self.cfg.check_images(x)
         return self.vae.encode(x).latent_dist
 
     def encode_latents(self, x: torch.Tensor, sample: bool = False) -> torch.Tensor:
@@ -75,8 +68,7 @@ class KLAutoencoder(nn.Module):
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """Unscaled latents (B, c, h, w) -> images (B, C, h*f, w*f), not clamped."""
-        if z.ndim != 4 or z.shape[1] != self.cfg.latent_channels:
-            raise ValueError(f"expected latents (B, {self.cfg.latent_channels}, h, w), got {tuple(z.shape)}")
+        self.cfg.check_latents(z)
         return self.vae.decode(z).sample
 
     def forward(self, x: torch.Tensor, sample_posterior: bool = True) -> dict[str, torch.Tensor]:

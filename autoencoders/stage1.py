@@ -19,13 +19,13 @@ partitioned: set `loss.adaptive_weight: false` there (a fixed `disc_weight` is t
 """
 from __future__ import annotations
 
-from contextlib import contextmanager
 from dataclasses import asdict
 from typing import Any, Iterator, Mapping
 
 import torch
 from torch import nn
 
+from autoencoders.adversarial import frozen
 from autoencoders.config import Stage1Config
 from autoencoders.discriminator import PatchDiscriminator
 from autoencoders.factory import build_autoencoder, images_of
@@ -40,19 +40,6 @@ from autoencoders.losses import (
     update_lecam_anchors,
 )
 from autoencoders.perceptual import build_perceptual
-
-
-@contextmanager
-def frozen(module: nn.Module):
-    """Temporarily set requires_grad=False on all parameters (restoring the previous flags)."""
-    flags = [(p, p.requires_grad) for p in module.parameters()]
-    for p, _ in flags:
-        p.requires_grad_(False)
-    try:
-        yield module
-    finally:
-        for p, flag in flags:
-            p.requires_grad_(flag)
 
 
 def batch_images(batch: Any, in_channels: int) -> torch.Tensor:

@@ -16,7 +16,6 @@ from diffusers.models.autoencoders.vae import Decoder, Encoder
 from torch import nn
 
 from autoencoders.config import AutoencoderConfig
-from autoencoders.kl import _check_images
 from autoencoders.quantizer import VectorQuantizer
 
 
@@ -78,12 +77,11 @@ class VQAutoencoder(nn.Module):
 
     def encode_latents(self, x: torch.Tensor, sample: bool = False) -> torch.Tensor:
         """Pre-quantization latents (B, c, H/f, W/f). `sample` is accepted for interface parity."""
-        _check_images(x, self.cfg.in_channels, self.cfg.f)
+        self.cfg.check_images(x)
         return self.quant_conv(self.encoder(x))
 
     def decode(self, h: torch.Tensor, quantize: bool = True) -> torch.Tensor:
-        if h.ndim != 4 or h.shape[1] != self.cfg.latent_channels:
-            raise ValueError(f"expected latents (B, {self.cfg.latent_channels}, h, w), got {tuple(h.shape)}")
+        self.cfg.check_latents(h)
         if quantize:
             h = self.quantizer(h, update=False)["quantized"]
         return self.decoder(self.post_quant_conv(h))

@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from autoencoders.stage1 import frozen
+from autoencoders.adversarial import frozen
 from ldm_system.baselines.common import check_image_data, load_module, write_trained_model
 from ldm_system.baselines.gan_models import (
     Discriminator,
