@@ -147,6 +147,17 @@ PRESETS: dict[str, UNetConfig] = {
     # 256 px images, f = 8 → 32x32 latents.
     "base": UNetConfig(sample_size=32, block_out_channels=(192, 384, 576, 768),
                        attention_levels=(False, True, True, True), layers_per_block=2, attention_head_dim=64),
+    # The LDM paper's class-conditional LDM-4 (ImageNet 256 px, 64x64x3 latents; ~400M params:
+    # 192 channels x (1, 2, 3, 5), attention at 1/2..1/8, 32-wide heads, the class embedding fed by
+    # cross-attention of width 512). 400.9M parameters here.
+    "ldm4": UNetConfig(sample_size=64, in_channels=3, block_out_channels=(192, 384, 576, 960),
+                       attention_levels=(False, True, True, True), layers_per_block=2, attention_head_dim=32,
+                       conditioning="text", cross_attention_dim=512),
+    # Stable-Diffusion-1.x size (859.5M params; 512 px, 64x64x4 latents, CLIP ViT-L/14 text width 768).
+    # SD fixes 8 heads per level; we give a per-head width instead, which changes no parameter count.
+    "sd1": UNetConfig(sample_size=64, in_channels=4, block_out_channels=(320, 640, 1280, 1280),
+                      attention_levels=(True, True, True, False), layers_per_block=2, attention_head_dim=64,
+                      conditioning="text", cross_attention_dim=768),
 }
 
 __all__ = ["UNetConfig", "build_unet", "Denoiser", "PRESETS"]
