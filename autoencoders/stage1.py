@@ -25,20 +25,11 @@ from typing import Any, Iterator, Mapping
 import torch
 from torch import nn
 
-from autoencoders.adversarial import frozen
+from autoencoders import adversarial as adv
 from autoencoders.config import Stage1Config
 from autoencoders.discriminator import PatchDiscriminator
 from autoencoders.factory import build_autoencoder, images_of
-from autoencoders.losses import (
-    adaptive_weight,
-    discriminator_loss,
-    generator_loss,
-    kl_loss,
-    lecam_penalty,
-    r1_penalty,
-    reconstruction_loss,
-    update_lecam_anchors,
-)
+from autoencoders.losses import kl_loss, reconstruction_loss
 from autoencoders.perceptual import build_perceptual
 
 
@@ -140,10 +131,10 @@ class Stage1Task:
 
         active = self.disc_active(step)
         if active and lc.disc_weight > 0:
-            with frozen(raw_disc):
-                g_loss = generator_loss(raw_disc(recon), lc.gan)
+            with adv.frozen(raw_disc):
+                g_loss = adv.generator_loss(raw_disc(recon), lc.gan)
             if lc.adaptive_weight:
-                lam = adaptive_weight(nll, g_loss, raw_ae.last_layer_weight, lc.max_adaptive_weight)
+                lam = adv.adaptive_weight(nll, g_loss, raw_ae.last_layer_weight, lc.max_adaptive_weight)
             else:
                 lam = torch.ones((), device=images.device)
             loss = loss + lc.disc_weight * lam * g_loss
@@ -166,13 +157,13 @@ class Stage1Task:
             real = real.clone().requires_grad_(True)
         logits = disc(torch.cat([real, fake]))  # (2B, 1, h, w): one forward through the prepared module
         real_logits, fake_logits = logits.split(real.shape[0])
-        loss = discriminator_loss(real_logits, fake_logits, lc.gan)
+        loss = adv.discriminator_loss(real_logits, fake_logits, lc.gan)
         self._stats["disc/loss"] = loss.detach()
         if lc.reg == "r1":
-            reg = r1_penalty(real_logits, real)
+            reg = adv.r1_penalty(real_logits, real)
         elif lc.reg == "lecam":
-            reg = lecam_penalty(real_logits, fake_logits, raw_disc.lecam_real, raw_disc.lecam_fake)
-            update_lecam_anchors(real_logits, fake_logits, raw_disc.lecam_real, raw_disc.lecam_fake, lc.lecam_decay)
+            reg = adv.lecam_penalty(real_logits, fake_logits, raw_disc.lecam_real, raw_disc.lecam_fake)
+            adv.update_lecam_anchors(real_logits, fake_logits, raw_disc.lecam_real, raw_disc.lecam_fake, lc.lecam_decay)
         else:
             reg = None
         if reg is not None:

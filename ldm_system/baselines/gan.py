@@ -15,12 +15,10 @@ does): autograd records no edge to D, so no gradient lands on D (the engine zero
 stepped optimizer's grads, so a stray D gradient would leak into the next D step) and D's DDP
 reducer is not involved.
 
-Losses (`loss.kind`):
-    hinge (Lim & Ye 2017; SNGAN):   L_D = E[relu(1 - D(x))] + E[relu(1 + D(x̃))],   L_G = -E[D(x̃)]
-    non_saturating (Goodfellow 2014, §3): L_D = E[softplus(-D(x))] + E[softplus(D(x̃))]
-                                          L_G = E[softplus(-D(x̃))] = -E[log sigmoid D(x̃)]
-R1 (Mescheder et al. 2018, eq. 9): (γ/2) E_x ||∇_x D(x)||², lazily (StyleGAN2, Karras et al. 2020,
-§3.1): only on steps with step % k == 0, multiplied by k so its average strength is unchanged.
+Losses (`loss.kind`: hinge or non_saturating) and R1 are stage 1's, from `autoencoders/adversarial.py`
+(one implementation, one documented R1 convention). R1 (Mescheder et al. 2018, eq. 9) adds
+(γ/2) E_x ||∇_x D(x)||², lazily (StyleGAN2, Karras et al. 2020, §3.1): only on steps with
+step % k == 0, multiplied by k so its average strength is unchanged.
 
 Sampling uses G in eval mode, so BatchNorm uses running statistics; these are recomputed for the
 weights actually used (EMA ones when `train.ema_module: gen`) before previews and before writing
@@ -34,10 +32,9 @@ from pathlib import Path
 from typing import Any, Iterator, Literal, Mapping
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from autoencoders.adversarial import frozen
+from autoencoders.adversarial import discriminator_loss, frozen, generator_loss, r1_penalty
 from ldm_system.baselines.common import check_image_data, load_module, write_trained_model
 from ldm_system.baselines.gan_models import (
     Discriminator,
@@ -92,32 +89,6 @@ class GANRunConfig:
     preview: GANPreviewConfig = field(default_factory=GANPreviewConfig)
     train: EngineConfig = field(default_factory=EngineConfig)
     bn_batches: int = 32  # batches of 64 for G's standing BatchNorm statistics in the written model
-
-
-# ---- losses --------------------------------------------------------------------------------------
-def discriminator_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor,
-                       kind: GANLossKind = "hinge") -> torch.Tensor:
-    if kind == "hinge":
-        return F.relu(1.0 - real_logits).mean() + F.relu(1.0 + fake_logits).mean()
-    if kind == "non_saturating":  # BCE with labels 1 (real) / 0 (fake): -log σ(r) - log(1 - σ(f))
-        return F.softplus(-real_logits).mean() + F.softplus(fake_logits).mean()
-    raise ValueError(f"unknown GAN loss {kind!r}; use 'hinge' or 'non_saturating'")
-
-
-def generator_loss(fake_logits: torch.Tensor, kind: GANLossKind = "hinge") -> torch.Tensor:
-    if kind == "hinge":
-        return -fake_logits.mean()
-    if kind == "non_saturating":
-        return F.softplus(-fake_logits).mean()
-    raise ValueError(f"unknown GAN loss {kind!r}; use 'hinge' or 'non_saturating'")
-
-
-def r1_penalty(real_logits: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
-    """E_x ||∇_x D(x)||² over the batch (`real` must require grad). Built with create_graph=True so
-    the penalty itself trains D. D acts per sample (no batch norm), so the gradient of the summed
-    logits w.r.t. x is each sample's own gradient."""
-    (grad,) = torch.autograd.grad(real_logits.sum(), real, create_graph=True)  # (B, C, H, W)
-    return grad.pow(2).flatten(1).sum(dim=1).mean()
 
 
 # ---- the task ------------------------------------------------------------------------------------
@@ -178,8 +149,8 @@ class GANTask:
         stats = {"disc/loss": d_loss.detach(), "disc/logits_real": real_logits.detach().mean(),
                  "disc/logits_fake": fake_logits.detach().mean()}
         if r1:
-            penalty = r1_penalty(real_logits, real)
-            d_loss = d_loss + 0.5 * lc.r1_gamma * lc.r1_every * penalty  # lazy: k · (γ/2) E||∇D||²
+            penalty = r1_penalty(real_logits, real)  # ½ E||∇D||²
+            d_loss = d_loss + lc.r1_gamma * lc.r1_every * penalty  # lazy: k · (γ/2) E||∇D||²
             stats["disc/r1"] = penalty.detach()
         self._stats = stats
         yield "disc", d_loss
@@ -251,4 +222,4 @@ def load_gan(path: str | Path, device: str = "cpu") -> GANSampler:
 
 
 __all__ = ["GANLossConfig", "GANOptimConfig", "GANPreviewConfig", "GANRunConfig", "GANTask", "GANSampler",
-           "discriminator_loss", "generator_loss", "r1_penalty", "run_gan", "load_gan"]
+           "run_gan", "load_gan"]

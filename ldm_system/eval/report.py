@@ -1,8 +1,8 @@
 """One report for every model family: `ldm report NAME=MODEL ... --test-shards DIR --out DIR`.
 
-Every model is seen through the `GenerativeModel` interface (`ldm_system/eval/protocols.py`): the LDM
-through its export folder (`eval/ldm_generator.py`), the baselines through their model folders. The same held-out images,
-the same feature network and the same number of samples go into every row:
+Every model is seen through the `GenerativeModel` interface (`ldm_system/eval/protocols.py`): the
+LDM through its export folder (`eval/ldm_generator.py`), the baselines through their model folders.
+The same held-out images, the same feature network and the same number of samples go into every row:
 
 - FD: Fréchet distance between EfficientNet-Lite0 features of `num` samples and of `num` test
   images (NOT comparable to Inception FID);

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from autoencoders.config import LossConfig, preset
-from autoencoders.stage1 import Stage1Task, frozen
+from autoencoders.stage1 import Stage1Task
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -104,14 +104,6 @@ def test_discriminator_regularisers(reg):
     assert task.metrics()["disc/reg"] >= 0.0
     if reg == "lecam":
         assert modules["disc"].lecam_real.item() != 0.0 or modules["disc"].lecam_fake.item() != 0.0
-
-
-def test_frozen_restores_flags():
-    lin = torch.nn.Linear(2, 2)
-    lin.bias.requires_grad_(False)
-    with frozen(lin):
-        assert not any(p.requires_grad for p in lin.parameters())
-    assert lin.weight.requires_grad and not lin.bias.requires_grad
 
 
 def test_preview_interleaves_inputs_and_reconstructions():
