@@ -5,6 +5,8 @@ knows how to fill a dataclass tree from YAML and `--set a.b=value` overrides:
 
 - an unknown key fails, naming the key, the file and the valid keys;
 - a value of the wrong type fails the same way (ints are accepted where floats are expected);
+- a value out of its range (the one table in `config_ranges.py`) fails naming the dotted key, the
+  file, the value and the allowed range;
 - the resolved tree can be written back as YAML into the run folder (`dump_config`).
 
 There is no `target:` indirection: the dataclass type decides what gets built.
@@ -83,14 +85,33 @@ def from_dict(cls: type[T], data: Any, source: str = "<dict>", where: str = "") 
         raise ConfigError(
             f"{source}: unknown key {key!r} in {label}; valid keys: {', '.join(sorted(fields))}"
         )
+    missing = [n for n, f in fields.items()
+               if n not in data and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    if missing:
+        key = f"{where}.{missing[0]}" if where else missing[0]
+        raise ConfigError(f"{source}: missing required key {key!r} in {label}; add it to the file or pass --set {key}=...")
+    ranges = _ranges()
     kwargs = {}
     for name, value in data.items():
         key = f"{where}.{name}" if where else name
         kwargs[name] = _coerce(hints[name], value, source, key)
+        if problem := ranges.range_problem(cls, name, kwargs[name], key):
+            raise ConfigError(f"{source}: {problem}")
+    if problems := ranges.relation_problems(cls, kwargs, where):
+        raise ConfigError(f"{source}: {problems[0]}")
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as e:
         raise ConfigError(f"{source}: {label}: {e}") from None
+
+
+def _ranges() -> Any:
+    """The range table, `ldm_system/config_ranges.py`, imported on first use: it names the config
+    dataclasses by type, so it imports the modules that define them, which all sit above this one
+    (importing it at the top would make a cycle). Checked while reading, before a class is built."""
+    from ldm_system import config_ranges
+
+    return config_ranges
 
 
 def _coerce(tp: Any, value: Any, source: str, key: str) -> Any:
