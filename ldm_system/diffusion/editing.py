@@ -8,7 +8,7 @@ from .base import Sampler
 from .ddim import DDIMSampler
 from .guidance import Cond, Guidance, ModelFn
 from .inversion import Inversion, check_invertible, ddim_invert
-from .loop import denoise
+from .loop import StepCallback, denoise
 
 
 @torch.no_grad()
@@ -24,6 +24,7 @@ def class_edit(
     guidance: Guidance | None = None,
     inversion: Inversion | None = None,
     fixed_point_iters: int = 0,
+    callback: StepCallback | None = None,
 ) -> Tensor:
     """Invert x₀ under `source_cond`, then sample from x_T: the first `keep_steps` steps (the noisy,
     layout-setting ones) under `source_cond`, the rest under `target_cond`.
@@ -38,13 +39,15 @@ def class_edit(
         raise ValueError(f"keep_steps must lie in [0, {num_steps}], got {keep_steps}")
     if inversion is None:
         inversion = ddim_invert(
-            model_fn, sampler, x0, num_steps=num_steps, cond=source_cond, fixed_point_iters=fixed_point_iters
+            model_fn, sampler, x0, num_steps=num_steps, cond=source_cond, fixed_point_iters=fixed_point_iters,
+            callback=callback,
         )
     elif inversion.num_steps != num_steps:
         raise ValueError(f"the inversion has {inversion.num_steps} steps, num_steps is {num_steps}")
     sampler.set_timesteps(num_steps)
-    x = denoise(model_fn, sampler, inversion.x_T, cond=source_cond, guidance=guidance, stop=keep_steps)
-    return denoise(model_fn, sampler, x, cond=target_cond, guidance=guidance, start=keep_steps)
+    x = denoise(model_fn, sampler, inversion.x_T, cond=source_cond, guidance=guidance, stop=keep_steps,
+                callback=callback)
+    return denoise(model_fn, sampler, x, cond=target_cond, guidance=guidance, start=keep_steps, callback=callback)
 
 
 def sdedit_start(num_steps: int, strength: float) -> int:
@@ -65,6 +68,7 @@ def sdedit(
     cond: Cond = None,
     guidance: Guidance | None = None,
     generator: torch.Generator | None = None,
+    callback: StepCallback | None = None,
 ) -> Tensor:
     """SDEdit (Meng et al. 2022): diffuse x₀ to the noise level of `strength`, then denoise.
 
@@ -83,7 +87,8 @@ def sdedit(
     else:
         t = sampler.timesteps[start].to(x0.device).expand(x0.shape[0])
         x = sampler.add_noise(x0, noise, t)  # q(x_t | x₀), DDPM eq. 4
-    return denoise(model_fn, sampler, x, cond=cond, guidance=guidance, generator=generator, start=start)
+    return denoise(model_fn, sampler, x, cond=cond, guidance=guidance, generator=generator, start=start,
+                   callback=callback)
 
 
 def slerp(z0: Tensor, z1: Tensor, alpha: float | Tensor, eps: float = 1e-7) -> Tensor:

@@ -15,7 +15,7 @@ from torch import Tensor
 
 from .ddim import DDIMSampler
 from .guidance import Cond, Guidance, ModelFn, guided_output
-from .loop import sample
+from .loop import StepCallback, sample
 
 
 @dataclass(frozen=True, eq=False)
@@ -59,12 +59,14 @@ def ddim_invert(
     cond: Cond = None,
     guidance: Guidance | None = None,
     fixed_point_iters: int = 0,
+    callback: StepCallback | None = None,
 ) -> Inversion:
     """Invert x₀ (B, C, H, W) along the sampler's `num_steps`-step grid.
 
     guidance: usually None (scale 1): inverting with a large guidance scale drifts (Mokady et al.
     2022, §3.1); guided reconstruction is what null-condition inversion fixes.
     fixed_point_iters: extra model calls per step refining x_t (k = 0 is plain DDIM inversion).
+    callback: called after each inverted step as (i, t, x_t, x₀), x₀ being the input.
     """
     check_invertible(sampler)
     if fixed_point_iters < 0:
@@ -81,6 +83,8 @@ def ddim_invert(
             x_t = inverse_step(sampler, out, t, x)
         x = x_t
         trajectory.append(x)
+        if callback is not None:
+            callback(i, t, x, x0)
     return Inversion(trajectory=tuple(reversed(trajectory)), timesteps=sampler.timesteps.clone())
 
 
@@ -92,12 +96,13 @@ def reconstruct(
     *,
     cond: Cond = None,
     guidance: Guidance | None = None,
+    callback: StepCallback | None = None,
 ) -> Tensor:
     """DDIM-sample from the inverted x_T on the same grid (x₀ again, up to the inversion error)."""
     check_invertible(sampler)
     return sample(
         model_fn, sampler, inversion.x_T.shape, num_steps=inversion.num_steps, cond=cond, guidance=guidance,
-        x_T=inversion.x_T,
+        x_T=inversion.x_T, callback=callback,
     )
 
 

@@ -23,6 +23,7 @@ from torch import Tensor
 from .ddim import DDIMSampler
 from .guidance import Cond, Guidance, ModelFn, cfg_combine, expand_cond
 from .inversion import Inversion, check_invertible, ddim_invert
+from .loop import StepCallback
 
 
 @dataclass(frozen=True, eq=False)
@@ -107,6 +108,7 @@ def null_condition_inversion(
     tol: float = 1e-5,
     fixed_point_iters: int = 0,
     inversion: Inversion | None = None,
+    callback: StepCallback | None = None,
 ) -> NullInversion:
     """Fit per-step null embeddings so that guided DDIM sampling at `scale` from x_T reconstructs x₀.
 
@@ -114,6 +116,7 @@ def null_condition_inversion(
     embedding, a float tensor (e.g. the null class's row of the class table). Shape (1, E) fits one
     embedding shared by the batch; (B, E) (e.g. `.expand(B, -1)`) fits one per image, as Mokady et al. do.
     inversion: a precomputed scale-1 pivot on the same grid (otherwise computed here).
+    callback: called after each fitted step as (i, t, x̄_{i+1}, x₀).
     """
     check_invertible(sampler)
     if not isinstance(null_cond, Tensor) or not null_cond.is_floating_point():
@@ -146,6 +149,8 @@ def null_condition_inversion(
                 x = sampler.step(cfg_combine(out_cond, out_uncond, scale), t, x).prev_sample
             nulls.append(null)
             losses.append(float((x.float() - target.float()).pow(2).mean()))
+            if callback is not None:
+                callback(i, t, x, inversion.trajectory[-1])
     return NullInversion(inversion=inversion, null_conds=tuple(nulls), scale=scale, losses=tuple(losses))
 
 
