@@ -10,13 +10,16 @@
     ldm interpolate --model M a.png b.png --num 8 [--class A B | --prompt TEXT [TEXT]] --out path.png
     ldm serve --model M [--host 127.0.0.1 --port 8000]
 
-Bad input raises ValueError / FileNotFoundError, which `ldm_system.cli.main` turns into one line on
-stderr and exit code 2. Cheap checks (files, step counts) run before the model is loaded.
-Input images of another size follow the resize policy in `image_io` (noted on stderr).
+Each command parses its flags into a request (`serving/requests.py`) and checks it before the model
+loads, so a bad flag costs no weights; the rules and their messages live there, spelled with the
+flags below (`CLI`). Bad input raises ValueError / FileNotFoundError, which `ldm_system.cli.main`
+turns into one line on stderr and exit code 2. Input images of another size follow the resize policy
+in `image_io` (noted on stderr).
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -26,16 +29,20 @@ import torch
 
 from ldm_system.diffusion.samplers import SAMPLERS
 from ldm_system.models.conditioning import per_image
+from ldm_system.serving.noise_files import load_noise, replay_inversion, save_noise
+from ldm_system.serving.requests import (InterpolateRequest, InvertRequest, Names, SampleRequest, SDEditRequest,
+                                         edit_or_sdedit)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+CLI: Names = {  # request field → the flag that sets it, for error messages
+    "num": "--num", "steps": "--steps", "classes": "--class", "prompts": "--prompt", "guidance": "--guidance",
+    "eta": "--eta", "fixed_point_iters": "--fixed-point", "null_optimization": "--null-opt",
+    "keep_steps": "--keep-steps", "strength": "--strength", "source_class": "--source-class",
+    "target_class": "--target-class", "source_prompt": "--source-prompt", "target_prompt": "--target-prompt",
+}
 
 
-# ---- argument checks (before the model loads) --------------------------------------------------
-def _check_positive(name: str, value: int) -> None:
-    if value <= 0:
-        raise ValueError(f"{name} must be positive, got {value}")
-
-
+# ---- files and the model (checked before loading) ------------------------------------------------
 def _check_image_out(path: str) -> Path:
     p = Path(path)
     if p.suffix.lower() not in IMAGE_SUFFIXES:
@@ -78,13 +85,13 @@ def expand_classes(pipe, spec: Sequence[str] | None, n: int, flag: str = "--clas
     return per_image(spec or None, n, flag, "value, 'all'")
 
 
-def expand_prompts(prompts: Sequence[str], n: int) -> list[str]:
-    return per_image(prompts, n, "--prompt", "prompt")
+def expand_prompts(prompts: Sequence[str] | None, n: int) -> list[str] | None:
+    return per_image(prompts or None, n, "--prompt", "prompt")
 
 
-def _check_class_or_prompt(a: argparse.Namespace) -> None:
-    if a.classes and a.prompts:
-        raise ValueError("give --class (class-conditional models) or --prompt (text-conditioned models), not both")
+def _per_image(pipe, req, n: int):
+    """The request with --class / --prompt expanded to one value per image (needs the model for 'all')."""
+    return dataclasses.replace(req, classes=expand_classes(pipe, req.classes, n), prompts=expand_prompts(req.prompts, n))
 
 
 def _stem_names(paths: Sequence[str]) -> list[str]:
@@ -102,22 +109,14 @@ def _stem_names(paths: Sequence[str]) -> list[str]:
 def cmd_sample(a: argparse.Namespace) -> int:
     from ldm_system.images import save_grid
     from ldm_system.serving.image_io import save_pngs
-    from ldm_system.serving.progress import model_call_progress
+    from ldm_system.serving.progress import step_progress
 
-    _check_positive("--num", a.num)
-    _check_positive("--steps", a.steps)
-    _check_class_or_prompt(a)
+    req = SampleRequest(a.num, a.classes, a.prompts, a.sampler, a.steps, a.eta, a.guidance, a.seed).check(names=CLI)
     out = _check_image_out(a.out)
     pipe = _load_pipeline(a)
-    classes = expand_classes(pipe, a.classes, a.num)
-    extra = {}
-    if a.prompts:  # text-conditioned models (only passed when given: class models reject it clearly)
-        extra["prompts"] = expand_prompts(a.prompts, a.num)
-    # Unconditional draws: guidance would mix the null output with itself, at twice the cost.
-    guidance = a.guidance if classes is not None or a.prompts else 1.0
-    with model_call_progress(pipe, a.steps, f"{a.sampler} {a.steps}", enabled=not a.no_progress):
-        images = pipe.sample(a.num, classes=classes, sampler=a.sampler, steps=a.steps, eta=a.eta,
-                             guidance=guidance, seed=a.seed, **extra)
+    req = _per_image(pipe, req, a.num)
+    with step_progress(a.steps, f"{a.sampler} {a.steps}", enabled=not a.no_progress) as callback:
+        images = pipe.sample(**req.arguments(), callback=callback)
     save_grid(images, out, nrow=a.nrow)
     print(f"wrote {a.num} samples to {out}")
     if a.individual:
@@ -127,83 +126,30 @@ def cmd_sample(a: argparse.Namespace) -> int:
     return 0
 
 
-def save_noise(path: Path, x_T: torch.Tensor, meta: dict[str, str], key: str = "x_T") -> Path:
-    """A tensor as safetensors (under `key`, string metadata) or a torch .pt dict, chosen by suffix."""
-    x_T = x_T.detach().cpu().contiguous()
-    if path.suffix == ".pt":
-        torch.save({key: x_T, **meta}, path)
-    else:
-        from safetensors.torch import save_file
-
-        save_file({key: x_T}, str(path), metadata=meta)
-    return path
-
-
-def load_noise(path: str | Path, key: str = "x_T") -> tuple[torch.Tensor, dict[str, str]]:
-    """Read back what `save_noise` wrote: (tensor, string metadata)."""
-    path = Path(path)
-    if path.suffix == ".pt":
-        saved = torch.load(path, map_location="cpu")
-        return saved.pop(key), {k: v for k, v in saved.items() if isinstance(v, str)}
-    from safetensors import safe_open
-
-    with safe_open(str(path), "pt") as f:
-        return f.get_tensor(key), dict(f.metadata() or {})
-
-
-def replay_inversion(pipe, folder: str | Path) -> torch.Tensor:
-    """Reconstruct from an `ldm invert --out FOLDER` result: x_T, and for --null-opt the fitted null
-    embeddings, under the recorded classes/prompts, steps and guidance → images (B, C, H, W) in [-1, 1]."""
-    folder = Path(folder)
-    found = [p for p in (folder / "x_T.safetensors", folder / "x_T.pt") if p.exists()]
-    if not found:
-        raise FileNotFoundError(f"{folder}: no x_T.safetensors or x_T.pt (not an `ldm invert` output folder)")
-    x_T, meta = load_noise(found[0])
-    nulls = None
-    null_file = found[0].with_name(f"null_embeddings{found[0].suffix}")
-    if meta.get("null_optimization") == "True":
-        if not null_file.exists():
-            raise FileNotFoundError(f"{folder}: the inversion used --null-opt but {null_file.name} is missing")
-        nulls = load_noise(null_file, "null_embeddings")[0]
-    classes, prompts = json.loads(meta.get("classes", "null")), json.loads(meta.get("prompts", "null"))
-    return pipe.reconstruct(x_T, classes=classes, prompts=prompts, steps=int(meta["steps"]),
-                            guidance=float(meta["guidance"]), null_embeddings=nulls)
-
-
 def cmd_invert(a: argparse.Namespace) -> int:
-    from ldm_system.eval.metrics import psnr
     from ldm_system.images import save_grid
     from ldm_system.serving.image_io import save_pngs
-    from ldm_system.serving.progress import invert_evals, model_call_progress
+    from ldm_system.serving.metrics import autoencoder_psnr
+    from ldm_system.serving.progress import invert_steps, step_progress
 
-    _check_positive("--steps", a.steps)
-    if a.fixed_point < 0:
-        raise ValueError(f"--fixed-point must be >= 0, got {a.fixed_point}")
-    _check_class_or_prompt(a)
-    if a.null_opt and (not (a.classes or a.prompts) or a.guidance == 1.0):
-        raise ValueError("--null-opt needs --class (class models) or --prompt (text models) and --guidance other "
-                         "than 1 (it fits the guided reconstruction)")
+    req = InvertRequest(a.classes, a.prompts, a.steps, a.fixed_point, a.guidance, a.null_opt).check(names=CLI)
     _check_inputs(a.images)
     pipe = _load_pipeline(a)
     images = _load_images(pipe, a.images)
-    classes = expand_classes(pipe, a.classes, len(a.images))
-    prompts = expand_prompts(a.prompts, len(a.images)) if a.prompts else None
-    extra = {} if prompts is None else {"prompts": prompts}  # class models reject prompts clearly
-    total = invert_evals(a.steps, a.fixed_point, a.null_opt)
-    with model_call_progress(pipe, total, f"invert {a.steps}", enabled=not a.no_progress):
-        r = pipe.invert(images, classes=classes, steps=a.steps, fixed_point_iters=a.fixed_point,
-                        guidance=a.guidance, null_optimization=a.null_opt, **extra)
-    with torch.no_grad():  # the autoencoder alone bounds what any inversion can reach
-        ae_psnr = psnr((pipe.codec.decode(r.latents).clamp(-1, 1) + 1) / 2, (r.images + 1) / 2).reshape(-1).tolist()
+    req = _per_image(pipe, req, len(a.images))
+    with step_progress(invert_steps(a.steps, a.null_opt), f"invert {a.steps}", enabled=not a.no_progress) as callback:
+        r = pipe.invert(images, **req.arguments(), callback=callback)
+    ae_psnr = autoencoder_psnr(pipe.codec, r)
 
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     names = _stem_names(a.images)
+    ids = None if req.classes is None else [pipe.conditioning.class_id(c) for c in req.classes]
     meta = {"images": json.dumps([str(p) for p in a.images]), "steps": str(a.steps), "model": str(a.model),
-            "classes": json.dumps(None if classes is None else [pipe.conditioning.class_id(c) for c in classes]),
-            "prompts": json.dumps(prompts), "guidance": str(a.guidance), "null_optimization": str(a.null_opt)}
+            "classes": json.dumps(ids), "prompts": json.dumps(req.prompts), "guidance": str(a.guidance),
+            "null_optimization": str(a.null_opt)}
     noise = save_noise(out / f"x_T.{a.noise_format}", r.x_T, meta)
-    if r.null_embeddings is not None:  # replay: ldm_system.serving.cli.replay_inversion(pipe, out)
+    if r.null_embeddings is not None:  # replay: ldm_system.serving.noise_files.replay_inversion(pipe, out)
         nulls = save_noise(out / f"null_embeddings.{a.noise_format}", r.null_embeddings, meta, key="null_embeddings")
         noise = f"{noise}, {nulls}"
     save_pngs(r.reconstruction, [out / f"{n}_recon.png" for n in names])
@@ -224,32 +170,19 @@ def cmd_invert(a: argparse.Namespace) -> int:
 def cmd_edit(a: argparse.Namespace) -> int:
     from ldm_system.images import save_grid
     from ldm_system.serving.image_io import save_pngs
-    from ldm_system.serving.progress import model_call_progress
+    from ldm_system.serving.progress import step_progress
 
-    _check_positive("--steps", a.steps)
-    sdedit_mode = a.strength is not None
-    text_edit = a.target_prompt is not None  # argparse makes --target-class / --target-prompt exclusive
-    if text_edit and a.source_class is not None or not text_edit and a.source_prompt is not None:
-        raise ValueError("give --source-class/--target-class (class models) or --source-prompt/--target-prompt "
-                         "(text models), not a mix")
-    if not sdedit_mode and not text_edit and a.source_class is None:
-        raise ValueError("--source-class is required for a class edit (or pass --strength for SDEdit)")
-    if a.keep_steps is not None and not 0 <= a.keep_steps <= a.steps:
-        raise ValueError(f"--keep-steps must lie in [0, --steps={a.steps}], got {a.keep_steps}")
-    if sdedit_mode and not 0 < a.strength <= 1:
-        raise ValueError(f"--strength must lie in (0, 1], got {a.strength}")
+    req = edit_or_sdedit(source_class=a.source_class, target_class=a.target_class, source_prompt=a.source_prompt,
+                         target_prompt=a.target_prompt, keep_steps=a.keep_steps, strength=a.strength,
+                         steps=a.steps, guidance=a.guidance, seed=a.seed, names=CLI)
     _check_inputs(a.images)
     pipe = _load_pipeline(a)
     images = _load_images(pipe, a.images)
-    if sdedit_mode:
-        with model_call_progress(pipe, int(a.steps * a.strength), f"sdedit {a.strength}", enabled=not a.no_progress):
-            edited = pipe.sdedit(images, strength=a.strength, target_class=a.target_class, steps=a.steps,
-                                 guidance=a.guidance, seed=a.seed, target_prompt=a.target_prompt)
-    else:
-        with model_call_progress(pipe, 2 * a.steps, f"edit {a.steps}", enabled=not a.no_progress):
-            edited = pipe.edit(images, source_class=a.source_class, target_class=a.target_class, steps=a.steps,
-                               keep_steps=a.keep_steps, guidance=a.guidance, source_prompt=a.source_prompt,
-                               target_prompt=a.target_prompt)
+    sdedit_mode = isinstance(req, SDEditRequest)
+    total, desc = (int(a.steps * a.strength), f"sdedit {a.strength}") if sdedit_mode else (2 * a.steps, f"edit {a.steps}")
+    with step_progress(total, desc, enabled=not a.no_progress) as callback:
+        verb = pipe.sdedit if sdedit_mode else pipe.edit
+        edited = verb(images, **req.arguments(), callback=callback)
     out = Path(a.out)
     names = _stem_names(a.images)
     save_pngs(edited, [out / f"{n}_edit.png" for n in names])
@@ -260,20 +193,16 @@ def cmd_edit(a: argparse.Namespace) -> int:
 
 def cmd_interpolate(a: argparse.Namespace) -> int:
     from ldm_system.images import save_grid
-    from ldm_system.serving.progress import model_call_progress
+    from ldm_system.serving.progress import step_progress
 
-    _check_positive("--steps", a.steps)
-    if a.num < 2:
-        raise ValueError(f"--num must be at least 2, got {a.num}")
-    _check_class_or_prompt(a)
+    req = InterpolateRequest(a.num, a.steps, a.classes, a.prompts).check(names=CLI)
     out = _check_image_out(a.out)
     _check_inputs([a.image_a, a.image_b])
     pipe = _load_pipeline(a)
     images = _load_images(pipe, [a.image_a, a.image_b])
-    classes = expand_classes(pipe, a.classes, 2)
-    extra = {"prompts": expand_prompts(a.prompts, 2)} if a.prompts else {}
-    with model_call_progress(pipe, 2 * a.steps, f"interpolate {a.num}", enabled=not a.no_progress):
-        frames = pipe.interpolate(images[:1], images[1:], num=a.num, steps=a.steps, classes=classes, **extra)
+    req = _per_image(pipe, req, 2)
+    with step_progress(2 * a.steps, f"interpolate {a.num}", enabled=not a.no_progress) as callback:
+        frames = pipe.interpolate(images[:1], images[1:], **req.arguments(), callback=callback)
     save_grid(frames, out, nrow=a.num)
     print(f"wrote {a.num} frames (slerp between the inverted latents) to {out}")
     return 0
@@ -282,7 +211,8 @@ def cmd_interpolate(a: argparse.Namespace) -> int:
 def cmd_serve(a: argparse.Namespace) -> int:
     from ldm_system.serving.server import ServerLimits, serve
 
-    _check_positive("--port", a.port)
+    if not 1 <= a.port <= 65535:  # uvicorn would fail deep inside with an OverflowError
+        raise ValueError(f"--port must lie in 1..65535, got {a.port}")
     limits = ServerLimits(max_steps=a.max_steps, max_batch=a.max_batch)
     serve(a.model, host=a.host, port=a.port, limits=limits, device=a.device, token=server_token(a.token_file))
     return 0
@@ -386,4 +316,5 @@ def add_serving_commands(sub) -> None:
     p.set_defaults(fn=cmd_serve)
 
 
-__all__ = ["add_serving_commands", "expand_classes", "expand_prompts", "load_noise", "replay_inversion", "save_noise"]
+__all__ = ["CLI", "add_serving_commands", "expand_classes", "expand_prompts", "load_noise", "replay_inversion",
+           "save_noise", "server_token"]

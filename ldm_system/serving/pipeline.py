@@ -11,12 +11,13 @@
     frames = pipe.interpolate(img_a, img_b, num=8)                                     # classes= / prompts=
 
 Everything here composes `ldm_system.diffusion` functions with the UNet (`Denoiser`) and the
-frozen stage-1 codec; the denoising loops live in `ldm_system/diffusion/`.
+frozen stage-1 codec; the denoising loops live in `ldm_system/diffusion/`. Each verb checks its
+arguments as a request (`serving/requests.py`) and turns classes/prompts into conditions through
+`models/conditioning.py`; `callback(i, t, x, x̂₀)` is called after every sampler (or inversion) step.
 """
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -26,8 +27,8 @@ from ldm_system.config import from_dict
 from ldm_system.diffusion.config import DiffusionConfig
 from ldm_system.diffusion.editing import class_edit, sdedit, slerp
 from ldm_system.diffusion.guidance import Guidance
-from ldm_system.diffusion.inversion import ddim_invert, latent_mse, reconstruct
-from ldm_system.diffusion.loop import sample
+from ldm_system.diffusion.inversion import ddim_invert, reconstruct
+from ldm_system.diffusion.loop import StepCallback, sample
 from ldm_system.diffusion.null_inversion import null_condition_inversion
 from ldm_system.diffusion.samplers import SamplerConfig, make_sampler
 from ldm_system.models.conditioning import ClassSpec, Conditioning, per_image
@@ -35,22 +36,8 @@ from ldm_system.models.latent import LatentCodec
 from ldm_system.models.text import TextEncoder, check_cross_attention_dim
 from ldm_system.models.unet import Denoiser, UNetConfig
 from ldm_system.serving.export import LDM_META
-
-
-@dataclass(frozen=True)
-class InversionResult:
-    x_T: torch.Tensor  # (B, c, h, w) inverted noise
-    latents: torch.Tensor  # (B, c, h, w) encoded input (scaled)
-    recon_latents: torch.Tensor
-    images: torch.Tensor  # the input as seen by the model (B, C, H, W), [-1, 1]
-    reconstruction: torch.Tensor  # decoded reconstruction, [-1, 1]
-    psnr: list[float]  # dB, per image, on [0, 1]
-    ssim: list[float]
-    latent_mse: list[float]
-    # null-condition inversion only: the fitted unconditional input of every sampling step, stacked
-    # (steps, B, E) for class models (class-embedding vectors) or (steps, B, L, D) for text models
-    # (null-text states). Replay: `pipe.reconstruct(x_T, ..., guidance=g, null_embeddings=...)`.
-    null_embeddings: torch.Tensor | None = None
+from ldm_system.serving.metrics import InversionResult, inversion_result
+from ldm_system.serving.requests import EditRequest, InterpolateRequest, InvertRequest, SampleRequest, SDEditRequest
 
 
 class LDMPipeline:
@@ -103,9 +90,6 @@ class LDMPipeline:
     def model_fn(self, x: torch.Tensor, t: torch.Tensor, cond):
         return self.net(x, t, cond)
 
-    def class_ids(self, classes: Sequence[ClassSpec] | None, n: int) -> torch.Tensor | None:
-        return self.conditioning.class_ids(classes, n)
-
     def _sampler(self, name: str, steps: int, eta: float = 0.0, spacing: str | None = None):
         if steps <= 0:
             raise ValueError(f"steps must be positive, got {steps}")
@@ -114,6 +98,9 @@ class LDMPipeline:
 
     def _guidance(self, scale: float, cond) -> Guidance | None:
         return self.conditioning.guidance(scale, cond)
+
+    def class_ids(self, classes: Sequence[ClassSpec] | None, n: int) -> torch.Tensor | None:
+        return self.conditioning.class_ids(classes, n)
 
     def latent_shape(self, n: int) -> tuple[int, int, int, int]:
         u = self.net.cfg
@@ -135,21 +122,23 @@ class LDMPipeline:
     @torch.no_grad()
     def sample(self, num: int, classes: Sequence[ClassSpec] | None = None, sampler: str = "ddim", steps: int = 50,
                eta: float = 0.0, guidance: float = 1.0, seed: int = 0, progress: bool = False,
-               prompts: Sequence[str] | None = None) -> torch.Tensor:
-        if num <= 0:
-            raise ValueError(f"num must be positive, got {num}")
-        cond = self.conditioning.condition(classes, prompts, num)
-        s = self._sampler(sampler, steps, eta)
-        gen = torch.Generator(device="cpu").manual_seed(seed)
-        z = sample(self.model_fn, s, self.latent_shape(num), num_steps=steps, cond=cond,
-                   guidance=self._guidance(guidance, cond), generator=gen, device=self.device, progress=progress)
+               prompts: Sequence[str] | None = None, callback: StepCallback | None = None) -> torch.Tensor:
+        """num images (num, C, H, W) in [-1, 1]; classes or prompts: one per image (none: unconditional)."""
+        r = SampleRequest(num, classes, prompts, sampler, steps, eta, guidance, seed).check()
+        cond = self.conditioning.condition(r.classes, r.prompts, r.num)
+        # an unconditional draw would mix the null output with itself, at twice the cost
+        g = self._guidance(r.guidance, cond) if r.classes is not None or r.prompts is not None else None
+        gen = torch.Generator(device="cpu").manual_seed(r.seed)
+        z = sample(self.model_fn, self._sampler(r.sampler, r.steps, r.eta), self.latent_shape(r.num),
+                   num_steps=r.steps, cond=cond, guidance=g, generator=gen, device=self.device, progress=progress,
+                   callback=callback)
         return self.codec.decode(z).clamp(-1, 1)
 
     # ---- inversion -------------------------------------------------------------------------
     def invert(self, images: torch.Tensor, classes: Sequence[ClassSpec] | None = None, steps: int = 50,
                fixed_point_iters: int = 0, guidance: float = 1.0, null_optimization: bool = False,
                null_inner_steps: int = 10, null_lr: float = 0.05,
-               prompts: Sequence[str] | None = None) -> InversionResult:
+               prompts: Sequence[str] | None = None, callback: StepCallback | None = None) -> InversionResult:
         """DDIM inversion → x_T, then DDIM reconstruction on the same grid; reports PSNR/SSIM/latent MSE.
 
         classes (class models) or prompts (text models, one per image; none: the empty prompt)
@@ -158,27 +147,29 @@ class LDMPipeline:
         for class models, null-text states for text models (Mokady et al. 2022); they are returned
         in `InversionResult.null_embeddings`.
         """
+        r = InvertRequest(classes, prompts, steps, fixed_point_iters, guidance, null_optimization,
+                          null_inner_steps, null_lr).check()
         images = self.check_images(images)
         n = images.shape[0]
-        cond = self.conditioning.condition(classes, prompts, n)
-        if null_optimization and (cond is None or guidance == 1.0 or (classes is None and prompts is None)):
-            raise ValueError("null-condition inversion needs a conditional model, classes (class models) or "
-                             "prompts (text models), and guidance != 1")
+        cond = self.conditioning.condition(r.classes, r.prompts, n)
         z0 = self.codec.encode(images)
-        s = self._sampler("ddim", steps)
+        s = self._sampler("ddim", r.steps)
         with torch.no_grad():
-            inv = ddim_invert(self.model_fn, s, z0, num_steps=steps, cond=cond, fixed_point_iters=fixed_point_iters)
-        if not null_optimization:
-            with torch.no_grad():
-                zr = reconstruct(self.model_fn, s, inv, cond=cond, guidance=self._guidance(guidance, cond))
-            return self._report(images, z0, inv.x_T, zr)
-        fcond = self.conditioning.as_float(cond)
-        ninv = null_condition_inversion(self.model_fn, s, z0, num_steps=steps, cond=fcond,
-                                        null_cond=self.conditioning.null_start(n), scale=guidance,
-                                        inner_steps=null_inner_steps, lr=null_lr, inversion=inv)
+            inv = ddim_invert(self.model_fn, s, z0, num_steps=r.steps, cond=cond,
+                              fixed_point_iters=r.fixed_point_iters, callback=callback)
+        nulls = None
+        if r.null_optimization:  # fit the guided reconstruction: per-step unconditional inputs
+            fcond = self.conditioning.as_float(cond)
+            ninv = null_condition_inversion(self.model_fn, s, z0, num_steps=r.steps, cond=fcond,
+                                            null_cond=self.conditioning.null_start(n), scale=r.guidance,
+                                            inner_steps=r.null_inner_steps, lr=r.null_lr, inversion=inv,
+                                            callback=callback)
+            cond, g, nulls = fcond, ninv.guidance(), torch.stack(ninv.null_conds)
+        else:
+            g = self._guidance(r.guidance, cond)
         with torch.no_grad():
-            zr = reconstruct(self.model_fn, s, inv, cond=fcond, guidance=ninv.guidance())
-        return self._report(images, z0, inv.x_T, zr, null_embeddings=torch.stack(ninv.null_conds))
+            zr = reconstruct(self.model_fn, s, inv, cond=cond, guidance=g, callback=callback)
+        return inversion_result(self.codec, images, z0, inv.x_T, zr, null_embeddings=nulls)
 
     @torch.no_grad()
     def reconstruct(self, x_T: torch.Tensor, classes: Sequence[ClassSpec] | None = None, steps: int = 50,
@@ -213,94 +204,73 @@ class LDMPipeline:
         z = sample(self.model_fn, s, x_T.shape, num_steps=steps, cond=cond, guidance=g, x_T=x_T)
         return self.codec.decode(z).clamp(-1, 1)
 
-    @torch.no_grad()
-    def _report(self, images, z0, x_T, zr, null_embeddings=None) -> InversionResult:
-        from ldm_system.eval.metrics import psnr, ssim
-
-        rec = self.codec.decode(zr).clamp(-1, 1)
-        a, b = (images + 1) / 2, (rec + 1) / 2
-        return InversionResult(
-            x_T=x_T, latents=z0, recon_latents=zr, images=images, reconstruction=rec,
-            psnr=[float(v) for v in psnr(b, a).reshape(-1)], ssim=[float(v) for v in ssim(b, a).reshape(-1)],
-            latent_mse=[float(v) for v in latent_mse(zr, z0)], null_embeddings=null_embeddings,
-        )
-
     # ---- editing ---------------------------------------------------------------------------
     @torch.no_grad()
     def edit(self, images: torch.Tensor, source_class: ClassSpec | None = None, target_class: ClassSpec | None = None,
              steps: int = 50, keep_steps: int | None = None, guidance: float = 1.0,
-             source_prompt: str | None = None, target_prompt: str | None = None) -> torch.Tensor:
+             source_prompt: str | None = None, target_prompt: str | None = None,
+             callback: StepCallback | None = None) -> torch.Tensor:
         """Invert under the source condition, regenerate under the target condition; the first
         `keep_steps` steps (default: a fifth of them) follow the source to keep the layout.
 
         Class models: source_class and target_class. Text models: target_prompt, and source_prompt
         (a caption of the input; default "" — the empty prompt, i.e. unconditional inversion).
         """
+        r = EditRequest(source_class, target_class, steps, keep_steps, guidance, source_prompt,
+                        target_prompt).check(kind=self.conditioning.kind)
         images = self.check_images(images)
         n = images.shape[0]
-        kind = self.net.cfg.conditioning
-        given_class = source_class is not None or target_class is not None
-        given_prompt = source_prompt is not None or target_prompt is not None
-        if given_class and given_prompt:
-            raise ValueError("give source/target classes (class-conditional models) or source/target prompts "
-                             "(text-conditioned models), not both")
-        if kind == "text":
-            if given_class:
-                raise ValueError("this model is text-conditional; edit with source_prompt/target_prompt, not classes")
-            if target_prompt is None:
-                raise ValueError("a text edit needs target_prompt (source_prompt defaults to '', the empty prompt)")
-            src = self.conditioning.condition(None, per_image(source_prompt or "", n, "source_prompt", "prompt"), n)
-            tgt = self.conditioning.condition(None, per_image(target_prompt, n, "target_prompt", "prompt"), n)
-        elif kind == "class":
-            if given_prompt:
-                raise ValueError("this model is not text-conditional; edit with source_class/target_class, not prompts")
-            if source_class is None or target_class is None:
-                raise ValueError("a class edit needs source_class and target_class")
-            src, tgt = self.conditioning.class_ids([source_class] * n, n), self.conditioning.class_ids([target_class] * n, n)
+        if r.target_prompt is not None:
+            src = self.conditioning.condition(None, per_image(r.source_prompt or "", n, "source_prompt", "prompt"), n)
+            tgt = self.conditioning.condition(None, per_image(r.target_prompt, n, "target_prompt", "prompt"), n)
         else:
-            raise ValueError("edits need a class- or text-conditional model (this one is unconditional; try sdedit)")
-        keep = steps // 5 if keep_steps is None else keep_steps
+            src, tgt = (self.conditioning.class_ids([c] * n, n) for c in (r.source_class, r.target_class))
+        keep = r.steps // 5 if r.keep_steps is None else r.keep_steps
         z0 = self.codec.encode(images)
-        z = class_edit(self.model_fn, self._sampler("ddim", steps), z0, num_steps=steps, source_cond=src,
-                       target_cond=tgt, keep_steps=keep, guidance=self._guidance(guidance, tgt))
+        z = class_edit(self.model_fn, self._sampler("ddim", r.steps), z0, num_steps=r.steps, source_cond=src,
+                       target_cond=tgt, keep_steps=keep, guidance=self._guidance(r.guidance, tgt), callback=callback)
         return self.codec.decode(z).clamp(-1, 1)
 
     @torch.no_grad()
     def sdedit(self, images: torch.Tensor, strength: float = 0.6, target_class: ClassSpec | None = None,
                steps: int = 50, guidance: float = 1.0, seed: int = 0,
-               target_prompt: str | Sequence[str] | None = None) -> torch.Tensor:
+               target_prompt: str | Sequence[str] | None = None,
+               callback: StepCallback | None = None) -> torch.Tensor:
         """SDEdit towards target_class (class models) or target_prompt (text models; one prompt or one
         per image); neither: unconditional."""
+        r = SDEditRequest(strength, target_class, steps, guidance, seed, target_prompt).check()
         images = self.check_images(images)
         n = images.shape[0]
-        cond = self.conditioning.condition(None if target_class is None else [target_class] * n,
-                              per_image(target_prompt, n, "target_prompt", "prompt"), n)
+        cond = self.conditioning.condition(None if r.target_class is None else [r.target_class] * n,
+                                           per_image(r.target_prompt, n, "target_prompt", "prompt"), n)
         z0 = self.codec.encode(images)
-        gen = torch.Generator(device="cpu").manual_seed(seed)
-        z = sdedit(self.model_fn, self._sampler("ddim", steps), z0, num_steps=steps, strength=strength, cond=cond,
-                   guidance=self._guidance(guidance, cond), generator=gen)
+        gen = torch.Generator(device="cpu").manual_seed(r.seed)
+        z = sdedit(self.model_fn, self._sampler("ddim", r.steps), z0, num_steps=r.steps, strength=r.strength,
+                   cond=cond, guidance=self._guidance(r.guidance, cond), generator=gen, callback=callback)
         return self.codec.decode(z).clamp(-1, 1)
 
     @torch.no_grad()
     def interpolate(self, image_a: torch.Tensor, image_b: torch.Tensor, num: int = 8, steps: int = 50,
-                    classes: Sequence[ClassSpec] | None = None,
-                    prompts: str | Sequence[str] | None = None) -> torch.Tensor:
+                    classes: Sequence[ClassSpec] | None = None, prompts: str | Sequence[str] | None = None,
+                    callback: StepCallback | None = None) -> torch.Tensor:
         """Invert both images, slerp their x_T, decode every point: (num, C, H, W).
 
         classes: one per image (class models); prompts: one for both or one per image (text models).
         The condition is blended linearly along the path (class embeddings or prompt states)."""
-        if num < 2:
-            raise ValueError(f"num must be at least 2, got {num}")
+        r = InterpolateRequest(num, steps, classes, prompts).check()
         images = self.check_images(torch.cat([image_a, image_b]))
-        cond = self.conditioning.condition(classes, per_image(prompts, 2, "prompts", "prompt"), 2)
+        cond = self.conditioning.condition(r.classes, per_image(r.prompts, 2, "prompts", "prompt"), 2)
         z0 = self.codec.encode(images)
-        s = self._sampler("ddim", steps)
-        xT = ddim_invert(self.model_fn, s, z0, num_steps=steps, cond=cond).x_T
-        alphas = torch.linspace(0, 1, num, dtype=torch.float64)
+        s = self._sampler("ddim", r.steps)
+        xT = ddim_invert(self.model_fn, s, z0, num_steps=r.steps, cond=cond, callback=callback).x_T
+        alphas = torch.linspace(0, 1, r.num, dtype=torch.float64)
         xs = torch.cat([slerp(xT[:1], xT[1:], float(a)) for a in alphas]).to(xT.dtype)
         c = None
         if cond is not None:  # blend the two class embeddings (or prompt states) linearly along the path
             e = self.conditioning.as_float(cond)
             c = torch.stack([(1 - float(a)) * e[0] + float(a) * e[1] for a in alphas])
-        z = sample(self.model_fn, s, xs.shape, num_steps=steps, cond=c, x_T=xs)
+        z = sample(self.model_fn, s, xs.shape, num_steps=r.steps, cond=c, x_T=xs, callback=callback)
         return self.codec.decode(z).clamp(-1, 1)
+
+
+__all__ = ["InversionResult", "LDMPipeline"]

@@ -1,50 +1,37 @@
-"""A tqdm bar over network evaluations for any `LDMPipeline` call.
+"""A tqdm bar over sampler steps for any `LDMPipeline` verb, fed by the verb's step callback.
 
-The pipeline's methods route every UNet call through `pipe.model_fn`, so counting those calls gives
-one uniform progress measure for sampling, inversion (incl. fixed-point and null-condition
-optimisation), editing and interpolation, without threading a callback through each diffusion
-function. Guided calls batch the conditional and null rows into one evaluation, so a guided
-50-step sample still counts 50.
+Every verb passes `callback(i, t, x, x̂₀)` down to the diffusion loops (`diffusion/loop.py`,
+inversion, null-condition inversion), which call it once per step, so one bar counts sampling,
+inversion, editing and interpolation alike. A guided step counts once (cond and null share one
+batched call); fixed-point refinements and null-embedding fits count as the step they refine.
 """
 from __future__ import annotations
 
 from contextlib import contextmanager
 from typing import Iterator
 
+from ldm_system.diffusion.loop import StepCallback
+
 
 @contextmanager
-def model_call_progress(pipe, total: int, desc: str, enabled: bool = True) -> Iterator[None]:
-    """Count `pipe.model_fn` calls on a bar of `total` (an estimate is fine: the bar is closed at the
-    true count). Restores the original `model_fn` on exit, errors included."""
+def step_progress(total: int, desc: str, enabled: bool = True) -> Iterator[StepCallback | None]:
+    """Yield a step callback that advances a bar of `total` steps (None when disabled)."""
     if not enabled:
-        yield
+        yield None
         return
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=total, desc=desc, unit="eval", leave=False, dynamic_ncols=True)
-    inner = pipe.model_fn
-
-    def counted(x, t, cond):
-        out = inner(x, t, cond)
-        bar.update(1)
-        return out
-
-    pipe.model_fn = counted  # instance attribute shadows the method for the duration
+    bar = tqdm(total=total, desc=desc, unit="step", leave=False, dynamic_ncols=True)
     try:
-        yield
-        bar.total = bar.n  # early-stopped optimisation ends below the estimate: show a full bar
-        bar.refresh()
+        yield lambda i, t, x, x0: bar.update(1)
+        bar.refresh()  # tqdm throttles redraws: show the final count before the bar is cleared
     finally:
-        del pipe.model_fn
         bar.close()
 
 
-def invert_evals(steps: int, fixed_point_iters: int = 0, null_optimization: bool = False, null_inner_steps: int = 10) -> int:
-    """Upper bound on the network evaluations of `LDMPipeline.invert`."""
-    evals = steps * (1 + fixed_point_iters) + steps  # inversion + reconstruction
-    if null_optimization:
-        evals += steps * (null_inner_steps + 2)  # per step: cond output, ≤ inner fits, final null output
-    return evals
+def invert_steps(steps: int, null_optimization: bool = False) -> int:
+    """Steps `LDMPipeline.invert` reports: inversion, the null fits (if any), reconstruction."""
+    return steps * (3 if null_optimization else 2)
 
 
-__all__ = ["invert_evals", "model_call_progress"]
+__all__ = ["invert_steps", "step_progress"]

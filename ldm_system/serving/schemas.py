@@ -1,4 +1,5 @@
-"""JSON request bodies of the HTTP server (pydantic models; types only, limits live in ServerLimits).
+"""JSON request bodies of the HTTP server (pydantic models): the wire format, converted into the
+request dataclasses of `serving/requests.py`, which hold every rule.
 
 Images travel as base64-encoded PNG (JPEG is accepted on input). Classes are names ("Sneaker") or
 integer ids; `classes` is one value for the whole batch or one per image; `prompts` (text-conditioned
@@ -10,6 +11,9 @@ from __future__ import annotations
 from typing import Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from ldm_system.models.conditioning import per_image
+from ldm_system.serving import requests
 
 ClassValue = Union[int, str]
 
@@ -28,6 +32,11 @@ class SampleRequest(_Request):
     guidance: float = 1.0
     seed: int = 0
 
+    def request(self) -> requests.SampleRequest:
+        return requests.SampleRequest(self.num, per_image(self.classes, self.num, "classes"),
+                                      per_image(self.prompts, self.num, "prompts", "prompt"),
+                                      self.sampler, self.steps, self.eta, self.guidance, self.seed)
+
 
 class _ImagesRequest(_Request):
     images: list[str] = Field(..., description="base64 PNG/JPEG images")
@@ -43,6 +52,11 @@ class InvertRequest(_ImagesRequest):
     null_optimization: bool = False
     return_noise: bool = Field(False, description="also return x_T (float32, little-endian, base64) and, with null_optimization, the fitted null embeddings")
 
+    def request(self) -> requests.InvertRequest:
+        n = len(self.images)
+        return requests.InvertRequest(per_image(self.classes, n, "classes"), per_image(self.prompts, n, "prompts", "prompt"),
+                                      self.steps, self.fixed_point_iters, self.guidance, self.null_optimization)
+
 
 class EditRequest(_ImagesRequest):
     source_class: Optional[ClassValue] = Field(None, description="required for class edits")
@@ -53,6 +67,12 @@ class EditRequest(_ImagesRequest):
     strength: Optional[float] = Field(None, description="SDEdit mode when set: noise level in (0, 1]")
     seed: int = 0
 
+    def request(self, limits: requests.Limits, kind: str) -> requests.EditRequest | requests.SDEditRequest:
+        return requests.edit_or_sdedit(
+            source_class=self.source_class, target_class=self.target_class, source_prompt=self.source_prompt,
+            target_prompt=self.target_prompt, keep_steps=self.keep_steps, strength=self.strength, steps=self.steps,
+            guidance=self.guidance, seed=self.seed, names=requests.HTTP, limits=limits, kind=kind)
+
 
 class InterpolateRequest(_Request):
     images: list[str] = Field(..., description="exactly two base64 PNG/JPEG images: the ends of the path")
@@ -61,6 +81,10 @@ class InterpolateRequest(_Request):
     steps: int = 50
     classes: Optional[Union[ClassValue, list[ClassValue]]] = Field(None, description="one class for both, or one each")
     prompts: Optional[Union[str, list[str]]] = Field(None, description="text models: one prompt for both, or one each")
+
+    def request(self) -> requests.InterpolateRequest:
+        return requests.InterpolateRequest(self.num, self.steps, per_image(self.classes, 2, "classes"),
+                                           per_image(self.prompts, 2, "prompts", "prompt"))
 
 
 __all__ = ["EditRequest", "InterpolateRequest", "InvertRequest", "SampleRequest"]

@@ -11,8 +11,8 @@ With a token (`LDM_SERVE_TOKEN`, or `ldm serve --token-file F`), every endpoint 
 needs `Authorization: Bearer <token>` (401 otherwise); /health stays open for load-balancer probes.
 
 The model is loaded once. Inference is serialised with a lock: one model on a CPU gains nothing
-from concurrent forward passes, and the pipeline temporarily swaps attributes (progress hooks) that
-must not interleave. Errors are JSON `{"detail": "one readable sentence"}`: 400 for payloads that
+from concurrent forward passes. Each body is converted into a request of `serving/requests.py`,
+which holds every rule; the server adds only its limits and the image decoding. Errors are JSON `{"detail": "one readable sentence"}`: 400 for payloads that
 are not images, 413 for oversized bodies, 422 for well-formed requests with invalid values (steps
 beyond the limits, unknown class, wrong image size).
 """
@@ -22,7 +22,6 @@ import base64
 import hmac
 import ipaddress
 import logging
-import math
 import threading
 import time
 from dataclasses import asdict, dataclass
@@ -34,8 +33,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from ldm_system.diffusion.samplers import SAMPLERS
-from ldm_system.models.conditioning import per_image
+from ldm_system.serving import requests
 from ldm_system.serving.image_io import ImageDecodeError, ImageSizeError, b64_to_tensor, tensor_to_b64png
+from ldm_system.serving.requests import HTTP, Limits
 from ldm_system.serving.schemas import EditRequest, InterpolateRequest, InvertRequest, SampleRequest
 
 logger = logging.getLogger(__name__)
@@ -58,47 +58,25 @@ class ServerLimits:
             if value <= 0 and name != "max_fixed_point_iters":
                 raise ValueError(f"ServerLimits.{name} must be positive, got {value}")
 
-
-def _invalid(msg: str) -> HTTPException:
-    return HTTPException(status_code=422, detail=msg)
+    @property
+    def requests(self) -> Limits:
+        """The bounds the request dataclasses check."""
+        return Limits(max_steps=self.max_steps, max_batch=self.max_batch,
+                      max_fixed_point_iters=self.max_fixed_point_iters, max_null_opt_steps=self.max_null_opt_steps,
+                      max_guidance=self.max_guidance)
 
 
 class _Handlers:
-    """The endpoint bodies, kept apart from FastAPI wiring so each reads as plain pipeline calls."""
+    """The endpoint bodies: JSON → request (every rule lives there) → one pipeline call under the lock → JSON."""
 
     def __init__(self, pipe, limits: ServerLimits) -> None:
         self.pipe, self.limits = pipe, limits
         self.lock = threading.Lock()
 
-    # ---- validation ---------------------------------------------------------------------------
-    def check_steps(self, steps: int, limit: int | None = None, what: str = "steps") -> None:
-        limit = limit or self.limits.max_steps
-        if not 1 <= steps <= limit:
-            raise _invalid(f"{what} must lie in 1..{limit} (server limit), got {steps}")
-
-    def check_batch(self, n: int, what: str) -> None:
-        if not 1 <= n <= self.limits.max_batch:
-            raise _invalid(f"{what} must lie in 1..{self.limits.max_batch} (server limit), got {n}")
-
-    def check_guidance(self, g: float) -> None:
-        if not (math.isfinite(g) and 0 <= g <= self.limits.max_guidance):
-            raise _invalid(f"guidance must lie in [0, {self.limits.max_guidance}], got {g}")
-
-    def classes(self, spec, n: int) -> list | None:
-        if spec is None:
-            return None
-        self.pipe.conditioning.check_kind(True, False)
-        values = per_image(spec, n, "classes")
-        for v in values:  # unknown names/ids → 422 naming the known classes
-            self.pipe.conditioning.class_id(v)
-        return values
-
-    def prompts(self, spec, n: int) -> list[str]:
-        self.pipe.conditioning.check_kind(False, True)
-        return per_image(spec, n, "prompts", "prompt")
-
     def images(self, data: list[str], resize: bool) -> torch.Tensor:
-        self.check_batch(len(data), "number of images")
+        n, top = len(data), self.limits.max_batch
+        if not 1 <= n <= top:
+            raise HTTPException(422, f"number of images must lie in 1..{top} (server limit), got {n}")
         p = self.pipe
         out = []
         for i, s in enumerate(data):
@@ -106,10 +84,17 @@ class _Handlers:
                 out.append(b64_to_tensor(s, p.image_size, p.image_channels, resize=resize,
                                          max_side=self.limits.max_input_side, name=f"images[{i}]"))
             except ImageSizeError as e:
-                raise _invalid(str(e)) from None
+                raise HTTPException(422, str(e)) from None
             except ImageDecodeError as e:
-                raise HTTPException(status_code=400, detail=str(e)) from None
+                raise HTTPException(400, str(e)) from None
         return torch.cat(out).to(p.device)
+
+    def run(self, verb, *args, **kwargs):
+        """One pipeline call, alone on the model: (result, seconds)."""
+        with self.lock:
+            t0 = time.perf_counter()
+            out = verb(*args, **kwargs)
+            return out, time.perf_counter() - t0
 
     # ---- endpoints ----------------------------------------------------------------------------
     def health(self) -> dict:
@@ -130,108 +115,37 @@ class _Handlers:
             "limits": asdict(self.limits),
         }
 
-    def sample(self, r: SampleRequest) -> dict:
-        self.check_batch(r.num, "num")
-        self.check_steps(r.steps)
-        self.check_guidance(r.guidance)
-        if r.sampler not in SAMPLERS:
-            raise _invalid(f"unknown sampler {r.sampler!r}; choose one of {sorted(SAMPLERS)}")
-        classes = self.classes(r.classes, r.num)
-        extra = {}
-        if r.prompts is not None:  # text-conditioned models; class models reject prompts with a 422
-            if classes is not None:
-                raise _invalid("give classes (class-conditional models) or prompts (text models), not both")
-            extra["prompts"] = self.prompts(r.prompts, r.num)
-        conditional = classes is not None or r.prompts is not None
-        with self.lock:
-            t0 = time.perf_counter()
-            images = self.pipe.sample(r.num, classes=classes, sampler=r.sampler, steps=r.steps, eta=r.eta,
-                                      guidance=r.guidance if conditional else 1.0, seed=r.seed, **extra)
-            seconds = time.perf_counter() - t0
+    def sample(self, body: SampleRequest) -> dict:
+        req = body.request().check(self.limits.requests, HTTP)
+        images, seconds = self.run(self.pipe.sample, **req.arguments())
         return {"images": tensor_to_b64png(images), "size": self.pipe.image_size, "seconds": seconds}
 
-    def invert(self, r: InvertRequest) -> dict:
-        self.check_steps(r.steps, self.limits.max_null_opt_steps if r.null_optimization else None,
-                         "steps (with null_optimization)" if r.null_optimization else "steps")
-        self.check_guidance(r.guidance)
-        if not 0 <= r.fixed_point_iters <= self.limits.max_fixed_point_iters:
-            raise _invalid(f"fixed_point_iters must lie in 0..{self.limits.max_fixed_point_iters}, got {r.fixed_point_iters}")
-        if r.classes is not None and r.prompts is not None:
-            raise _invalid("give classes (class-conditional models) or prompts (text models), not both")
-        if r.null_optimization and (r.classes is None and r.prompts is None or r.guidance == 1.0):
-            raise _invalid("null_optimization needs classes (class models) or prompts (text models) and a "
-                           "guidance other than 1")
-        images = self.images(r.images, r.resize)
-        classes = self.classes(r.classes, images.shape[0])
-        extra = {} if r.prompts is None else {"prompts": self.prompts(r.prompts, images.shape[0])}
-        with self.lock:
-            t0 = time.perf_counter()
-            res = self.pipe.invert(images, classes=classes, steps=r.steps, fixed_point_iters=r.fixed_point_iters,
-                                   guidance=r.guidance, null_optimization=r.null_optimization, **extra)
-            seconds = time.perf_counter() - t0
+    def invert(self, body: InvertRequest) -> dict:
+        req = body.request().check(self.limits.requests, HTTP)
+        images = self.images(body.images, body.resize)
+        res, seconds = self.run(self.pipe.invert, images, **req.arguments())
         out = {"reconstructions": tensor_to_b64png(res.reconstruction), "psnr": res.psnr, "ssim": res.ssim,
                "latent_mse": res.latent_mse, "seconds": seconds}
-        if r.return_noise:
+        if body.return_noise:
             out["noise"] = _tensor_json(res.x_T)
             if res.null_embeddings is not None:  # (steps, B, ...): replay with pipe.reconstruct(null_embeddings=)
                 out["null_embeddings"] = _tensor_json(res.null_embeddings)
         return out
 
-    def edit(self, r: EditRequest) -> dict:
-        self.check_steps(r.steps)
-        self.check_guidance(r.guidance)
-        sdedit_mode = r.strength is not None
-        if sdedit_mode and r.keep_steps is not None:
-            raise _invalid("give keep_steps (class edit) or strength (SDEdit), not both")
-        if sdedit_mode and not 0 < r.strength <= 1:
-            raise _invalid(f"strength must lie in (0, 1], got {r.strength}")
-        text_edit = r.target_prompt is not None
-        if (r.target_class is None) == (r.target_prompt is None):
-            raise _invalid("give exactly one of target_class (class-conditional models) or target_prompt "
-                           "(text-conditioned models)")
-        if text_edit and r.source_class is not None or not text_edit and r.source_prompt is not None:
-            raise _invalid("give source_class/target_class (class models) or source_prompt/target_prompt "
-                           "(text models), not a mix")
-        if text_edit:  # a prompt for a class model, or a class for a text model → 422 naming the right kind
-            self.prompts(r.target_prompt, 1)
-        else:
-            self.classes(r.target_class, 1)
-        if not sdedit_mode and not text_edit and r.source_class is None:
-            raise _invalid("source_class is required for a class edit (or set strength for SDEdit)")
-        if r.keep_steps is not None and not 0 <= r.keep_steps <= r.steps:
-            raise _invalid(f"keep_steps must lie in [0, steps={r.steps}], got {r.keep_steps}")
-        if r.source_class is not None:
-            self.classes(r.source_class, 1)
-        images = self.images(r.images, r.resize)
-        with self.lock:
-            t0 = time.perf_counter()
-            if sdedit_mode:
-                edited = self.pipe.sdedit(images, strength=r.strength, target_class=r.target_class, steps=r.steps,
-                                          guidance=r.guidance, seed=r.seed, target_prompt=r.target_prompt)
-            else:
-                edited = self.pipe.edit(images, source_class=r.source_class, target_class=r.target_class,
-                                        steps=r.steps, keep_steps=r.keep_steps, guidance=r.guidance,
-                                        source_prompt=r.source_prompt, target_prompt=r.target_prompt)
-            seconds = time.perf_counter() - t0
-        mode = "sdedit" if sdedit_mode else "text" if text_edit else "class"
+    def edit(self, body: EditRequest) -> dict:
+        req = body.request(self.limits.requests, self.pipe.conditioning.kind)
+        images = self.images(body.images, body.resize)
+        sdedit_mode = isinstance(req, requests.SDEditRequest)
+        edited, seconds = self.run(self.pipe.sdedit if sdedit_mode else self.pipe.edit, images, **req.arguments())
+        mode = "sdedit" if sdedit_mode else "text" if body.target_prompt is not None else "class"
         return {"images": tensor_to_b64png(edited), "mode": mode, "seconds": seconds}
 
-    def interpolate(self, r: InterpolateRequest) -> dict:
-        self.check_steps(r.steps)
-        if len(r.images) != 2:
-            raise _invalid(f"images: interpolation takes exactly two images (the ends), got {len(r.images)}")
-        if not 2 <= r.num <= self.limits.max_batch:
-            raise _invalid(f"num must lie in 2..{self.limits.max_batch} (frames, both ends included; server limit), "
-                           f"got {r.num}")
-        if r.classes is not None and r.prompts is not None:
-            raise _invalid("give classes (class-conditional models) or prompts (text models), not both")
-        images = self.images(r.images, r.resize)
-        classes = self.classes(r.classes, 2)
-        extra = {} if r.prompts is None else {"prompts": self.prompts(r.prompts, 2)}
-        with self.lock:
-            t0 = time.perf_counter()
-            frames = self.pipe.interpolate(images[:1], images[1:], num=r.num, steps=r.steps, classes=classes, **extra)
-            seconds = time.perf_counter() - t0
+    def interpolate(self, body: InterpolateRequest) -> dict:
+        if len(body.images) != 2:
+            raise HTTPException(422, f"images: interpolation takes exactly two images (the ends), got {len(body.images)}")
+        req = body.request().check(self.limits.requests, HTTP)
+        images = self.images(body.images, body.resize)
+        frames, seconds = self.run(self.pipe.interpolate, images[:1], images[1:], **req.arguments())
         return {"frames": tensor_to_b64png(frames), "size": self.pipe.image_size, "seconds": seconds}
 
 
@@ -286,7 +200,7 @@ def create_app(pipeline, limits: ServerLimits = ServerLimits(), token: str | Non
         return JSONResponse(status_code=422, content={"detail": _flatten_validation(exc)})
 
     @app.exception_handler(ValueError)
-    async def _value_error(request: Request, exc: ValueError):  # the pipeline's own input checks
+    async def _value_error(request: Request, exc: ValueError):  # the requests' and the model's rules
         return JSONResponse(status_code=422, content={"detail": str(exc)})
 
     # Plain `def` endpoints: FastAPI runs them in its thread pool, so the event loop stays free

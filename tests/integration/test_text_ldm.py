@@ -272,4 +272,5 @@ def test_http_requests_with_prompts(text_pipe, captioned):
         r = c.post("/interpolate", json={"images": imgs, "prompts": "Bag", "num": 3, "steps": 3})
         assert r.status_code == 200 and len(r.json()["frames"]) == 3, r.text
         r = c.post("/edit", json={"images": imgs[:1], "target_class": "Bag", "steps": 4})
-        assert r.status_code == 422 and r.json()["detail"] == "this model is text-conditional; pass prompts, not classes"
+        assert r.status_code == 422 and r.json()["detail"] == ("this model is text-conditional; edit with "
+                                                             "source_prompt/target_prompt, not classes")
