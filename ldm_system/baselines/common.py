@@ -56,13 +56,18 @@ def load_model_folder(path: str | Path, family: str, cfg_cls: type[C]) -> tuple[
     return cfg, load_file(str(path / WEIGHTS)), meta
 
 
-def train_baseline(task: Any, cfg: Any, family: str, module_name: str, info: dict, resume: str | None = None) -> Path:
-    """Train a family's task with the engine on `cfg.data` / `cfg.train` (or continue with
-    resume="latest"), then write OUT/model/ (`write_trained_model`). Returns the model folder."""
+def train_baseline(task: Any, cfg: Any, family: str, module_name: str, info: dict, resume: str | None = None,
+                   before_write: Callable[[Trainer], None] | None = None) -> Path:
+    """The one run pattern of every family: train its task with the engine on `cfg.data` / `cfg.train`
+    (or continue with resume="latest"), let rank 0 finish the trained module (`before_write`, e.g. the
+    GAN's standing BatchNorm statistics), then write OUT/model/ (`write_trained_model`). Returns it."""
     from ldm_system.train.runs import stream_factory
 
-    trainer = Trainer(task, stream_factory(cfg.data), cfg.train, run_config=cfg)
-    trainer.fit(resume=resume)
+    trainer = Trainer(task, stream_factory(cfg.data), cfg.train, run_config=cfg, micro_batch=cfg.data.batch_size,
+                      resume=resume)
+    trainer.fit()
+    if before_write is not None and trainer.accelerator.is_main_process:
+        before_write(trainer)
     return write_trained_model(trainer, module_name, family, cfg.model, **info)
 
 

@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from autoencoders.adversarial import discriminator_loss, frozen, generator_loss, r1_penalty
-from ldm_system.baselines.common import check_image_data, load_module, write_trained_model
+from ldm_system.baselines.common import check_image_data, load_module, train_baseline
 from ldm_system.baselines.gan_models import (
     Discriminator,
     GANModelConfig,
@@ -49,6 +49,7 @@ from ldm_system.data.stream import StreamConfig
 from ldm_system.train.engine import EngineConfig, Trainer
 
 FAMILY = "gan"
+MODULE = "gen"  # the module written to the model folder
 GANLossKind = Literal["hinge", "non_saturating"]
 
 
@@ -178,20 +179,19 @@ class GANTask:
 
 # ---- run and load --------------------------------------------------------------------------------
 def run_gan(cfg: GANRunConfig, resume: str | None = None) -> Path:
-    """Train with the engine; then write OUT/model/ (EMA generator when `train.ema_module: gen`)."""
-    from ldm_system.train.runs import stream_factory
-
+    """Train (or continue with resume="latest"), then write OUT/model/ (EMA generator when
+    `train.ema_module: gen`), with G's BatchNorm statistics recomputed for the weights written."""
     m = cfg.model
     info = check_image_data(cfg.data, FAMILY, m.channels, m.image_size, m.num_classes)
     info = info if m.num_classes else {**info, "classes": []}
     task = GANTask(cfg.model, cfg.loss, cfg.optim, cfg.preview, info=info)
-    trainer = Trainer(task, stream_factory(cfg.data), cfg.train, run_config=cfg)
-    trainer.fit(resume=resume)
-    if trainer.accelerator.is_main_process:
-        use_ema = trainer.ema is not None and cfg.train.ema_module == "gen"
+
+    def standing_statistics(trainer: Trainer) -> None:
+        use_ema = trainer.ema is not None and cfg.train.ema_module == MODULE
         with trainer.ema.swap() if use_ema else nullcontext():  # buffers are not swapped: they keep the new stats
-            recalibrate_batchnorm(trainer.raw["gen"], cfg.model, batches=cfg.bn_batches, seed=20_000)
-    return write_trained_model(trainer, "gen", FAMILY, cfg.model, **info)
+            recalibrate_batchnorm(trainer.raw[MODULE], cfg.model, batches=cfg.bn_batches, seed=20_000)
+
+    return train_baseline(task, cfg, FAMILY, MODULE, info, resume, before_write=standing_statistics)
 
 
 class GANSampler:

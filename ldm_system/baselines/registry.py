@@ -1,32 +1,48 @@
-"""The baseline families by name: a plain dict per use, filled on first use.
+"""The baseline families by name: one `Family` entry each, the only list of them.
 
-The families' modules import only when asked for, so `ldm report` on an LDM alone never builds
-them, and a missing optional piece of one family does not break the others.
+`ldm train-baseline`'s choices and `ldm report`'s loaders are read from here, so a new family is one
+entry below (and its module). Each entry is a small function that imports its family's module only
+when asked for: `ldm --help` and `ldm report` on an LDM alone never build them, and a missing
+optional piece of one family does not break the others.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable
 
-FAMILIES = ("gan", "flow", "ar")
+
+@dataclass(frozen=True)
+class Family:
+    config: type  # the run config (`data`, `model`, ..., `train`) that YAML and `--set` fill
+    run: Callable[..., Path]  # run(cfg, resume=None) → the model folder it wrote
+    load: Callable[..., Any]  # load(model folder or run folder, device="cpu") → an eval GenerativeModel
 
 
-def trainers() -> dict[str, tuple[type, Callable[..., Any]]]:
-    """family -> (run config class, run function(cfg, resume=None) -> model folder)."""
-    from ldm_system.baselines.autoregressive import ARRunConfig, run_ar
-    from ldm_system.baselines.flow import FlowRunConfig, run_flow
-    from ldm_system.baselines.gan import GANRunConfig, run_gan
+def _gan() -> Family:
+    from ldm_system.baselines.gan import GANRunConfig, load_gan, run_gan
 
-    return {"gan": (GANRunConfig, run_gan), "flow": (FlowRunConfig, run_flow), "ar": (ARRunConfig, run_ar)}
+    return Family(GANRunConfig, run_gan, load_gan)
 
 
-def loader(family: str) -> Callable[..., Any]:
-    """family -> load function(model folder) -> Generator."""
-    if family not in FAMILIES:
-        raise ValueError(f"unknown family {family!r}; known: {', '.join(FAMILIES)}")
-    if family == "gan":
-        from ldm_system.baselines.gan import load_gan as load
-    elif family == "flow":
-        from ldm_system.baselines.flow import load_flow as load
-    else:
-        from ldm_system.baselines.autoregressive import load_ar as load
-    return load
+def _flow() -> Family:
+    from ldm_system.baselines.flow import FlowRunConfig, load_flow, run_flow
+
+    return Family(FlowRunConfig, run_flow, load_flow)
+
+
+def _ar() -> Family:
+    from ldm_system.baselines.autoregressive import ARRunConfig, load_ar, run_ar
+
+    return Family(ARRunConfig, run_ar, load_ar)
+
+
+REGISTRY: dict[str, Callable[[], Family]] = {"gan": _gan, "flow": _flow, "ar": _ar}
+FAMILIES = tuple(REGISTRY)
+
+
+def lookup(name: str) -> Family:
+    if name not in REGISTRY:
+        raise ValueError(f"unknown family {name!r}; known: {', '.join(FAMILIES)}")
+    return REGISTRY[name]()
+

@@ -24,8 +24,8 @@ from pathlib import Path
 import torch
 from PIL import Image, ImageDraw
 
+from ldm_system.baselines import registry
 from ldm_system.baselines.common import MODEL_JSON
-from ldm_system.baselines.registry import FAMILIES, loader
 from ldm_system.data.stream import first_images
 from ldm_system.eval.features import EFFNET_FD_LABEL, build_feature_extractor
 from ldm_system.eval.ldm_generator import LDMGenerator
@@ -59,9 +59,9 @@ def load_generator(path: str | Path, ldm_steps: int = 50, ldm_guidance: float = 
         raise FileNotFoundError(f"{path}: neither an `ldm export` folder (ldm.json) nor a baseline model folder "
                                 f"({MODEL_JSON})")
     family = json.loads(meta_file.read_text()).get("family")
-    if family not in FAMILIES:
-        raise ValueError(f"{meta_file}: unknown family {family!r}; known: {', '.join(FAMILIES)}")
-    return family, loader(family)(str(meta_file.parent))
+    if family not in registry.FAMILIES:
+        raise ValueError(f"{meta_file}: unknown family {family!r}; known: {', '.join(registry.FAMILIES)}")
+    return family, registry.lookup(family).load(str(meta_file.parent))
 
 
 # ---- measuring -----------------------------------------------------------------------------------
