@@ -18,10 +18,8 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import NoReturn
 
-from ldm_system.config import load_config
-from ldm_system.errors import user_message
+from ldm_system.config import ConfigError, load_config
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
@@ -29,8 +27,6 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set train.steps=100 (repeatable)")
     p.add_argument("--resume", default=None, help="'latest' or a checkpoint folder")
-    p.add_argument("--resume-weights-only", action="store_true",
-                   help="with --resume: load only the checkpoint's consolidated weights (new optimizer state)")
 
 
 # ---- data ---------------------------------------------------------------------------------
@@ -61,7 +57,7 @@ def cmd_train_ae(a: argparse.Namespace) -> int:
     from ldm_system.train.runs import AERunConfig, run_autoencoder
 
     cfg = load_config(AERunConfig, a.config, a.overrides)
-    out = run_autoencoder(cfg, resume=a.resume, resume_weights_only=a.resume_weights_only)
+    out = run_autoencoder(cfg, resume=a.resume)
     print(f"autoencoder: {out}")
     return 0
 
@@ -88,7 +84,7 @@ def cmd_train(a: argparse.Namespace) -> int:
     from ldm_system.train.runs import LDMRunConfig, run_ldm
 
     cfg = load_config(LDMRunConfig, a.config, a.overrides)
-    run_ldm(cfg, resume=a.resume, init_from=a.init_from, resume_weights_only=a.resume_weights_only).close()
+    run_ldm(cfg, resume=a.resume, init_from=a.init_from).close()
     return 0
 
 
@@ -102,8 +98,6 @@ def cmd_export(a: argparse.Namespace) -> int:
 
 # ---- baselines and the cross-family report ---------------------------------------------------------
 def cmd_train_baseline(a: argparse.Namespace) -> int:
-    if a.resume_weights_only:
-        raise ValueError("--resume-weights-only is not supported for baselines; use --resume latest")
     from ldm_system.baselines.registry import lookup
 
     family = lookup(a.family)
@@ -142,18 +136,9 @@ def cmd_demo(a: argparse.Namespace) -> int:
     return run_demo(Path(a.out), quick=a.quick)
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse, with usage mistakes in one line too (it prints the whole usage block first by default).
-    Subcommand parsers inherit the class."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {message}; see {self.prog} --help\n")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    ap = _Parser(prog="ldm", description="Two-stage latent diffusion: train, sample, invert, edit.")
+    ap = argparse.ArgumentParser(prog="ldm", description="Two-stage latent diffusion: train, sample, invert, edit.")
     ap.add_argument("-v", "--verbose", action="store_true")
-    ap.add_argument("--debug", action="store_true", help="show the traceback of every error")
     sub = ap.add_subparsers(dest="command", required=True)
 
     data = sub.add_parser("data", help="pack and encode datasets").add_subparsers(dest="data_command", required=True)
@@ -238,15 +223,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         return int(args.fn(args) or 0)
-    except Exception as e:
-        # A user's mistake is one line and exit code 2 (ldm_system/errors.py says which errors are);
-        # anything else is our bug and keeps its traceback, as does everything under --debug.
-        output = getattr(args, "out_dir", None) or getattr(args, "out", None)
-        message = None if args.debug else user_message(e, output)
-        if message is None:
+    except (ConfigError, FileNotFoundError, ValueError) as e:
+        if args.verbose:
             raise
-        verb = " ".join(["ldm", args.command, *([args.data_command] if args.command == "data" else [])])
-        print(f"{verb}: error: {message}", file=sys.stderr)
+        print(f"ldm {args.command}: error: {e}", file=sys.stderr)
         return 2
 
 
