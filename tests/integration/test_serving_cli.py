@@ -167,6 +167,10 @@ def test_interpolate_writes_one_row(serving_model_dir, held_out_files, tmp_path,
      "ldm edit: error: --keep-steps must lie in [0, --steps=10], got 11"),
     (["edit", "{img}", "--target-class", 1, "--strength", 1.5], "ldm edit: error: --strength must lie in (0, 1]"),
     (["interpolate", "{img}", "{img}", "--num", 1], "ldm interpolate: error: --num must be at least 2, got 1"),
+    (["sample", "--num", 1, "--guidance", "nan"], "ldm sample: error: --guidance must be a finite number >= 0, got nan"),
+    (["sample", "--num", 1, "--eta", "inf"], "ldm sample: error: --eta must be a finite number >= 0, got inf"),
+    (["edit", "{img}", "--target-class", 1, "--strength", "nan"], "ldm edit: error: --strength must lie in (0, 1], got nan"),
+    (["invert", "{img}", "--fixed-point", -1], "ldm invert: error: --fixed-point must be at least 0, got -1"),
 ])
 def test_bad_input_exits_2_with_one_line(serving_model_dir, held_out_files, tmp_path, capsys, argv, message):
     img = held_out_files[0][0]
@@ -176,6 +180,7 @@ def test_bad_input_exits_2_with_one_line(serving_model_dir, held_out_files, tmp_
     code, _, err = run(capsys, argv[0], "--model", serving_model_dir, *argv[1:], "--no-progress")
     assert code == 2
     assert error_line(err).startswith(message), err
+    assert "Traceback" not in err
 
 
 def test_missing_model_and_unreadable_image(serving_model_dir, tmp_path, capsys):
@@ -200,3 +205,62 @@ def test_installed_entry_point_exit_code(tmp_path):
                        capture_output=True, text=True, env=env, timeout=300)
     assert p.returncode == 2
     assert error_line(p.stderr) == "ldm sample: error: --steps must be positive, got 0"
+
+
+# ---- trust and safety: damaged model folders, side files we did not write, bad ports -----------------
+def _damaged_copy(src, tmp_path, damage: str):
+    import shutil
+
+    model = tmp_path / "model"
+    shutil.copytree(src, model)
+    if damage == "ldm.json":
+        (model / "ldm.json").write_text("{not json")
+        return model, model / "ldm.json"
+    if damage == "no unet":
+        shutil.rmtree(model / "unet")
+        return model, model / "unet"
+    weights = next((model / damage).glob("*.safetensors"))
+    weights.write_bytes(weights.read_bytes()[:50_000])  # a download cut short
+    return model, weights
+
+
+@pytest.mark.parametrize("damage", ["unet", "autoencoder", "ldm.json", "no unet"])
+def test_damaged_model_folder_is_one_line_naming_the_file(serving_model_dir, tmp_path, capsys, damage):
+    model, culprit = _damaged_copy(serving_model_dir, tmp_path, damage)
+    code, _, err = run(capsys, "sample", "--model", model, "--num", 1, "--steps", 2, "--out", tmp_path / "g.png",
+                       "--no-progress")
+    assert code == 2 and "Traceback" not in err
+    assert str(culprit) in error_line(err), err
+
+
+@pytest.mark.parametrize("port", [70000, 0, -1])
+def test_serve_port_out_of_range_is_one_line(serving_model_dir, capsys, port):
+    code, _, err = run(capsys, "serve", "--model", serving_model_dir, "--port", port)
+    assert code == 2 and "Traceback" not in err
+    assert error_line(err) == f"ldm serve: error: --port must lie in 1..65535, got {port}"
+
+
+def test_side_files_never_unpickle_code(tmp_path):
+    """x_T / null-embedding files are safetensors; an old-style .pt is read with weights_only=True, so
+    a pickle that would run code is refused (and does not run), and a truncated file names itself."""
+    from ldm_system.serving.noise_files import load_noise, save_noise
+
+    x = torch.randn(1, 3, 8, 8)
+    path = save_noise(tmp_path / "x_T.safetensors", x, {"steps": "4"})
+    back, meta = load_noise(path)
+    assert torch.equal(back, x) and meta == {"steps": "4"}
+
+    marker = tmp_path / "pwned"
+
+    class Exploit:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    torch.save({"x_T": x, "steps": "4", "payload": Exploit()}, tmp_path / "x_T.pt")
+    with pytest.raises(ValueError, match=r"x_T\.pt: not a readable tensor file"):
+        load_noise(tmp_path / "x_T.pt")
+    assert not marker.exists()
+
+    path.write_bytes(path.read_bytes()[:40])
+    with pytest.raises(ValueError, match=r"x_T\.safetensors: truncated or not a safetensors file"):
+        load_noise(path)

@@ -201,6 +201,18 @@ def test_bad_requests_get_clear_4xx(client, path, body, status, detail):
     assert r.json()["detail"].startswith(detail) or detail in r.json()["detail"], r.json()
 
 
+@pytest.mark.parametrize("path, body, detail", [
+    ("/sample", '{"num": 1, "steps": 2, "guidance": NaN}', "guidance must lie in [0, 30.0], got nan"),
+    ("/sample", '{"num": 1, "steps": 2, "eta": Infinity}', "eta must be a finite number >= 0, got inf"),
+    ("/edit", '{"images": ["{png}"], "target_class": 1, "steps": 4, "strength": NaN}', "strength must lie in (0, 1], got nan"),
+])
+def test_non_finite_numbers_are_422(client, path, body, detail):
+    """Python's JSON reader accepts NaN and Infinity: the requests refuse them."""
+    body = body.replace("{png}", png_b64())
+    r = client.post(path, content=body.encode(), headers={"content-type": "application/json"})
+    assert r.status_code == 422 and r.json()["detail"].startswith(detail), r.text
+
+
 def test_oversized_body_is_413(client):
     r = client.post("/invert", content=b"x" * 300_000, headers={"content-type": "application/json"})
     assert r.status_code == 413 and "exceeds the server limit" in r.json()["detail"]
