@@ -146,9 +146,9 @@ def main() -> None:
     profiler = cProfile.Profile() if args.profile else None
     stream = InterleavedStream(x0, bares, args.warmup, args.segment, args.repeats, profiler)
     with tempfile.TemporaryDirectory() as out:
-        cfg = EngineConfig(out_dir=out, steps=stream.total_steps, batch_size=args.batch_size,
+        cfg = EngineConfig(out_dir=out, steps=stream.total_steps,
                            log_every=args.segment, progress=False)
-        trainer = Trainer(task, stream, cfg)
+        trainer = Trainer(task, stream, cfg, micro_batch=args.batch_size)
         print(f"UNet preset {args.preset!r} on {args.side}x{args.side}x{args.channels}, "
               f"{num_params(bares[BARE].net) / 1e6:.2f}M params, batch {args.batch_size}, {args.threads} thread(s), "
               f"segments of {args.segment} steps")

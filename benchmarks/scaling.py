@@ -34,8 +34,8 @@ def worker(args) -> None:
     from ldm_system.train.engine import EngineConfig, Trainer
 
     unet = unet_config(args.side, 3, parse_ints(args.widths), parse_bools(args.attention), args.layers)
-    cfg = EngineConfig(out_dir=args.out_dir, steps=10**6, batch_size=args.batch_size, progress=False)
-    trainer = Trainer(diffusion_task(unet), [], cfg)
+    cfg = EngineConfig(out_dir=args.out_dir, steps=10**6, progress=False)
+    trainer = Trainer(diffusion_task(unet), [], cfg, micro_batch=args.batch_size)
     acc = trainer.accelerator
     z = torch.randn(args.batch_size, 3, args.side, args.side, generator=torch.Generator().manual_seed(acc.process_index))
     for _ in range(args.warmup):

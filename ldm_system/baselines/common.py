@@ -63,8 +63,9 @@ def train_baseline(task: Any, cfg: Any, family: str, module_name: str, info: dic
     GAN's standing BatchNorm statistics), then write OUT/model/ (`write_trained_model`). Returns it."""
     from ldm_system.train.runs import stream_factory
 
-    trainer = Trainer(task, stream_factory(cfg.data), cfg.train, run_config=cfg)
-    trainer.fit(resume=resume)
+    trainer = Trainer(task, stream_factory(cfg.data), cfg.train, run_config=cfg, micro_batch=cfg.data.batch_size,
+                      resume=resume)
+    trainer.fit()
     if before_write is not None and trainer.accelerator.is_main_process:
         before_write(trainer)
     return write_trained_model(trainer, module_name, family, cfg.model, **info)

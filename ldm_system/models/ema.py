@@ -28,6 +28,18 @@ def _local_view(p: torch.nn.Parameter) -> torch.Tensor:
     return shard if shard is not None else p.data
 
 
+def _local_slice(full: torch.Tensor, p: torch.nn.Parameter, n: int) -> torch.Tensor:
+    """This rank's piece of a full tensor as ZeRO-3 lays it out: the flattened tensor cut into
+    equal shards of `n` elements, the last one zero-padded."""
+    if getattr(p, "ds_tensor", None) is None:
+        return full.float()
+    import torch.distributed as dist
+
+    rank = dist.get_rank(group=getattr(p, "ds_process_group", None)) if dist.is_initialized() else 0
+    piece = full.float().flatten()[rank * n:(rank + 1) * n]
+    return torch.cat([piece, piece.new_zeros(n - piece.numel())])
+
+
 class EMA:
     def __init__(self, model: nn.Module, decay: float = 0.9999, warmup: bool = True) -> None:
         if not 0.0 <= decay < 1.0:
@@ -67,6 +79,18 @@ class EMA:
             yield
         finally:
             self._exchange()
+
+    @torch.no_grad()
+    def load_full(self, model: nn.Module, state: dict[str, torch.Tensor], num_updates: int) -> None:
+        """Shadows from full (consolidated) tensors keyed by parameter name, cut to this rank's ZeRO-3
+        shard where the parameters are partitioned: resuming on another number of ranks."""
+        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        missing = [n for n, _ in named if n not in state]
+        if missing:
+            raise ValueError(f"EMA weights lack {len(missing)} parameters, e.g. {missing[0]!r}")
+        for s, (n, p) in zip(self.shadow, named):
+            s.copy_(_local_slice(state[n], p, s.numel()).view_as(s))
+        self.num_updates = num_updates
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         out = {f"shadow.{i}": s.contiguous() for i, s in enumerate(self.shadow)}

@@ -17,11 +17,13 @@ same trajectory.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Literal
+from typing import Any, Callable, Iterable, Literal, Optional
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -29,8 +31,12 @@ from safetensors.torch import load_file, save_file
 from ldm_system.config import dump_config
 from ldm_system.models.ema import EMA
 from ldm_system.train import checkpoint as ckpt
+from ldm_system.train import launch_settings
 from ldm_system.train.logging import RunLogger
-from ldm_system.train.prepare import Prepared, make_accelerator, prepare, uses_deepspeed, warmup_cosine
+from ldm_system.train.preemption import Preempted, PreemptionFlag, write_status
+from ldm_system.train.prepare import Prepared, make_accelerator, prepare, warmup_cosine, zero_stage
+from ldm_system.train.resume import (ResumePlan, advance_schedulers, check_shapes, ema_weights, load_weights,
+                                     plan as resume_plan)
 from ldm_system.train.task import Task
 
 
@@ -38,9 +44,11 @@ from ldm_system.train.task import Task
 class EngineConfig:
     out_dir: str = "runs/debug"
     steps: int = 100
-    batch_size: int = 8  # per process, per micro-step
-    grad_accum: int = 1
-    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    # Micro-batch size is the data loader's `data.batch_size` (one key); the engine gets it from the run.
+    # null = what `accelerate launch` says (--mixed_precision / --gradient_accumulation_steps or its
+    # config file); a value here that contradicts the launcher is an error (launch_settings.py).
+    grad_accum: Optional[int] = None
+    mixed_precision: Optional[Literal["no", "bf16", "fp16"]] = None
     max_grad_norm: float = 1.0  # 0 disables clipping
     warmup_steps: int = 0
     lr_schedule: Literal["cosine", "constant"] = "constant"
@@ -56,6 +64,11 @@ class EngineConfig:
     keep_last: int = 3
     max_nan_steps: int = 5  # consecutive non-finite steps before stopping
     max_minutes: float = 0.0  # wall-clock budget (0 = none): stop early, checkpoint, exit cleanly
+    # Signals that mean "checkpoint at the next step and exit 75" (SLURM: SIGTERM, or --signal=USR1@90).
+    preempt_signals: tuple[str, ...] = ("SIGTERM", "SIGUSR1")
+    # A collective that waits longer than this raises on every live rank instead of hanging forever
+    # (e.g. when another machine died). Checkpoint gathers of large models must fit in it.
+    dist_timeout_s: float = 1800.0
     seed: int = 0
     progress: bool = True
 
@@ -75,17 +88,37 @@ def _to_device(batch: Any, device: torch.device) -> Any:
 
 
 class Trainer:
-    def __init__(self, task: Task, stream: Iterable | Callable[[int, int], Iterable], cfg: EngineConfig, run_config: Any = None) -> None:
+    """`Trainer(task, stream, cfg, micro_batch=..., resume=...)` builds, wraps and (optionally) restores;
+    `fit()` runs the loop. `resume` is "latest" or a checkpoint folder; see resume.py for what
+    is restored when."""
+
+    def __init__(self, task: Task, stream: Iterable | Callable[[int, int], Iterable], cfg: EngineConfig,
+                 run_config: Any = None, *, micro_batch: int | None = None, resume: str | None = None,
+                 resume_weights_only: bool = False) -> None:
+        cfg = launch_settings.resolve(cfg)  # mixed precision / accumulation: launcher unless the YAML says
         self.task, self.stream, self.cfg = task, stream, cfg
         self.out = Path(cfg.out_dir)
-        self.accelerator = make_accelerator(cfg.grad_accum, cfg.mixed_precision, cfg.batch_size)
+        self.accelerator = make_accelerator(cfg.grad_accum, cfg.mixed_precision, micro_batch, cfg.dist_timeout_s)
         acc = self.accelerator
+        self.run_config = _with_engine(run_config, cfg)
+        self.log = RunLogger(self.out, acc.is_main_process, self.run_config)
+        self.log.info(f"world size {acc.num_processes} ({acc.distributed_type.value}, ZeRO stage {zero_stage(acc)}), "
+                      f"mixed precision {cfg.mixed_precision}, grad accumulation {cfg.grad_accum}, "
+                      f"micro-batch {micro_batch}")
         if callable(stream) and not hasattr(stream, "__iter__"):  # a factory: (rank, world) → stream
             self.stream = stream(acc.process_index, acc.num_processes)
         torch.manual_seed(cfg.seed + acc.process_index)  # same init on all ranks comes from DDP broadcast
         if hasattr(task, "to_device"):
             task.to_device(acc.device)  # frozen helpers (autoencoder, text encoder) stay unwrapped
         modules = task.build()
+        self.plan = None
+        if resume:
+            self.plan = resume_plan(resume, self.out, task=type(task).__name__, world_size=acc.num_processes,
+                                    zero_stage=zero_stage(acc), weights_only=resume_weights_only, log=self.log.info)
+        if self.plan is not None:
+            check_shapes(self.plan.path, modules)
+            if self.plan.weights_only:  # before prepare, so ZeRO's fp32 master copy starts from these weights
+                load_weights(self.plan.path, modules)
         opts = task.optimizers(modules)
         factor = warmup_cosine(cfg.warmup_steps, cfg.steps, cfg.min_lr_ratio, cfg.lr_schedule)
         scheds = {n: torch.optim.lr_scheduler.LambdaLR(o, factor) for n, o in opts.items()}
@@ -95,8 +128,9 @@ class Trainer:
         self.step = 0
         self.nan_steps_total = 0
         self.nan_streak = 0
-        self.run_config = run_config
-        self.log = RunLogger(self.out, acc.is_main_process, run_config)
+        self.preempt = PreemptionFlag(cfg.preempt_signals)
+        if self.plan is not None:
+            self._restore(self.plan)
 
     # ---- state -----------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -117,7 +151,9 @@ class Trainer:
         acc, root = self.accelerator, self.out / "checkpoints"
         tmp = ckpt.tmp_dir(root, self.step)
         if acc.is_main_process:
-            tmp.mkdir(parents=True, exist_ok=True)
+            if tmp.exists():  # a leftover of a run killed while writing this very step
+                shutil.rmtree(tmp)
+            tmp.mkdir(parents=True)
         acc.wait_for_everyone()
         acc.save_state(str(tmp))
         r = acc.process_index
@@ -126,54 +162,61 @@ class Trainer:
         if self.ema is not None:
             save_file(self.ema.state_dict(), str(tmp / f"ema_rank{r}.safetensors"))
         self._save_consolidated(tmp / "weights")
-        if acc.is_main_process:
-            if self.run_config is not None:
-                dump_config(self.run_config, tmp / "config.yaml")
-            meta = {**self.state_dict(), "world_size": acc.num_processes, "task": type(self.task).__name__}
-            if hasattr(self.task, "checkpoint_metadata"):
-                meta["task_metadata"] = self.task.checkpoint_metadata()
-            ckpt.write_json(tmp / "trainer.json", meta)
         acc.wait_for_everyone()
         path = ckpt.step_dir(root, self.step)
         if acc.is_main_process:
+            if self.run_config is not None:
+                dump_config(self.run_config, tmp / "config.yaml")
+            meta = {**self.state_dict(), "world_size": acc.num_processes, "zero_stage": zero_stage(acc),
+                    "task": type(self.task).__name__, "ema_updates": self.ema.num_updates if self.ema else 0}
+            if hasattr(self.task, "checkpoint_metadata"):
+                meta["task_metadata"] = self.task.checkpoint_metadata()
+            ckpt.write_json(tmp / "trainer.json", meta)
+            ckpt.write_manifest(tmp)  # last: a folder without it is incomplete
             path = ckpt.commit(root, self.step, self.cfg.keep_last)
         acc.wait_for_everyone()
         return path
 
     def _save_consolidated(self, folder: Path) -> None:
         """Full weights of every module (raw and EMA) as safetensors, gathered from ZeRO-3 shards
-        if needed; `ldm export` and `--init-from` read these, whatever the world size was."""
+        if needed; `ldm export`, `--init-from` and weights-only resumes read these, whatever the
+        world size was."""
         acc = self.accelerator
         for name, module in self.p.modules.items():
             raw = acc.get_state_dict(module)  # a collective under ZeRO-3: every rank calls it
             ema = None
             if self.ema is not None and name == self.cfg.ema_module:
                 with self.ema.swap():
-                    ema = acc.get_state_dict(module)
+                    # Copies taken inside the swap: without ZeRO-3, get_state_dict returns views of the
+                    # live parameters, which hold the raw weights again once the swap is undone.
+                    state = acc.get_state_dict(module)  # None on ranks other than 0 under ZeRO-3
+                    ema = {k: v.detach().clone() for k, v in state.items()} if state is not None else None
             if acc.is_main_process:
                 folder.mkdir(parents=True, exist_ok=True)
                 save_file({k: v.contiguous() for k, v in raw.items()}, str(folder / f"{name}.safetensors"))
                 if ema is not None:
                     save_file({k: v.contiguous() for k, v in ema.items()}, str(folder / f"{name}.ema.safetensors"))
 
-    def resume(self, path: Path) -> None:
-        acc = self.accelerator
-        meta = ckpt.read_json(path / "trainer.json")
-        if meta.get("task") != type(self.task).__name__:
-            raise ValueError(f"{path} was written by task {meta.get('task')!r}, not {type(self.task).__name__!r}")
-        if self.ema is not None and meta["world_size"] != acc.num_processes and uses_deepspeed(acc):
-            raise ValueError(f"{path}: ZeRO EMA shards were saved by {meta['world_size']} ranks, now {acc.num_processes}")
+    def _restore(self, plan: ResumePlan) -> None:
+        acc, path = self.accelerator, plan.path
+        self.load_state_dict(plan.meta)
+        if plan.weights_only:
+            advance_schedulers(self.p.schedulers, self.step)
+            if self.ema is not None:
+                state = ema_weights(path, self.cfg.ema_module)
+                if state is not None:
+                    self.ema.load_full(self._unwrapped(self.cfg.ema_module), state, int(plan.meta.get("ema_updates", 0)))
+            self.log.warn(f"resumed weights only from {path} at step {self.step} ({plan.why}): new optimizer "
+                          "state, the data stream starts a new pass")
+            return
         acc.load_state(str(path))
-        self.load_state_dict(meta)
         r = acc.process_index
         loader_file = path / f"loader_rank{r}.json"
         if hasattr(self.stream, "load_state_dict") and loader_file.exists():
             self.stream.load_state_dict(ckpt.read_json(loader_file))
         if self.ema is not None:
-            ema_file = path / f"ema_rank{r}.safetensors"
-            if not ema_file.exists():
-                ema_file = path / "ema_rank0.safetensors"
-            self.ema.load_state_dict(load_file(str(ema_file)))
+            self.ema.load_state_dict(load_file(str(path / f"ema_rank{r}.safetensors")))
+        self.log.info(f"resumed from {path} at step {self.step}")
 
     # ---- the loop --------------------------------------------------------------------------
     def _all_finite(self, loss: torch.Tensor) -> bool:
@@ -190,7 +233,8 @@ class Trainer:
             gn = acc.clip_grad_norm_(params, cfg.max_grad_norm)
             grad_norm = float(gn) if gn is not None else None
         self.p.optimizers[name].step()
-        self.p.schedulers[name].step()
+        if acc.sync_gradients:  # one schedule step per optimizer step, whatever the world size
+            self.p.schedulers[name].step()
         self.p.optimizers[name].zero_grad(set_to_none=True)
         return grad_norm
 
@@ -250,13 +294,8 @@ class Trainer:
         self.log.grid(images, f"preview_{self.step:08d}.png")
         self.accelerator.wait_for_everyone()
 
-    def fit(self, resume: str | None = None) -> dict[str, float]:
+    def fit(self) -> dict[str, float]:
         acc, cfg = self.accelerator, self.cfg
-        if resume:
-            path = ckpt.resolve(resume, self.out)
-            if path is not None:
-                self.resume(path)
-                self.log.info(f"resumed from {path} at step {self.step}")
         stream = iter(self.stream)
         bar = self.log.progress(cfg.steps, self.step, enabled=cfg.progress)
         stats: dict[str, float] = {}
@@ -264,6 +303,9 @@ class Trainer:
         batch = None
         start = time.perf_counter()
         while self.step < cfg.steps:
+            if self.preempt.agreed(acc.device, lambda flag: acc.reduce(flag, "max")):
+                bar.close()
+                self._leave_preempted()
             if cfg.max_minutes and self._out_of_time(start):
                 self.log.info(f"time budget of {cfg.max_minutes} min reached at step {self.step}")
                 break
@@ -285,8 +327,24 @@ class Trainer:
         if batch is not None:
             self.preview(batch)
         self.save()
+        if acc.is_main_process:
+            write_status("completed", self.step)
+        self.preempt.close()
         self.log.close()
         return stats
+
+    def _leave_preempted(self) -> None:
+        """Every rank got here at the same step: write one checkpoint together, then leave."""
+        path = self.save()
+        if self.accelerator.is_main_process:
+            write_status("preempted", self.step)
+        got = self.preempt.received.name if self.preempt.received else "a signal on another rank"
+        self.log.warn(f"preempted ({got}): checkpoint {path} written at step {self.step}; "
+                      "exiting to be requeued (continue with --resume latest)")
+        self.preempt.close()
+        self.log.close()
+        self.close()
+        raise Preempted(self.step, path)
 
     def close(self) -> None:
         """End the run on every rank: wait for the others, then tear the process group down.
@@ -296,6 +354,14 @@ class Trainer:
         """
         self.accelerator.wait_for_everyone()
         self.accelerator.end_training()
+
+
+def _with_engine(run_config: Any, cfg: EngineConfig) -> Any:
+    """The run config with its `train` section replaced by the resolved engine config, so that the
+    run folder's config.yaml records the precision and accumulation that actually ran."""
+    if run_config is not None and dataclasses.is_dataclass(run_config) and hasattr(run_config, "train"):
+        return dataclasses.replace(run_config, train=cfg)
+    return run_config
 
 
 def _batch_len(batch: Any) -> int:

@@ -57,15 +57,16 @@ def stream_factory(cfg: StreamConfig):
 
 
 # ---- stage 1 ------------------------------------------------------------------------------
-def run_autoencoder(cfg: AERunConfig, resume: str | None = None) -> Path:
+def run_autoencoder(cfg: AERunConfig, resume: str | None = None, resume_weights_only: bool = False) -> Path:
     """Train, then (rank 0) measure the latent scale and write `run/autoencoder/` (+ diffusers export)."""
     from autoencoders.factory import measure_latent_scale
     from autoencoders.io import export_diffusers, save_autoencoder
     from autoencoders.stage1 import Stage1Task
 
     task = Stage1Task(cfg.stage1())
-    trainer = Trainer(task, stream_factory(cfg.data), cfg.train, run_config=cfg)
-    trainer.fit(resume=resume)
+    trainer = Trainer(task, stream_factory(cfg.data), cfg.train, run_config=cfg, micro_batch=cfg.data.batch_size,
+                      resume=resume, resume_weights_only=resume_weights_only)
+    trainer.fit()
     out = Path(cfg.train.out_dir) / "autoencoder"
     acc = trainer.accelerator
     if acc.is_main_process:
@@ -139,7 +140,8 @@ def build_text_encoder(cfg: LDMRunConfig) -> TextEncoder | None:
     return TextEncoder.from_config(cfg.text)
 
 
-def run_ldm(cfg: LDMRunConfig, resume: str | None = None, init_from: str | None = None) -> Trainer:
+def run_ldm(cfg: LDMRunConfig, resume: str | None = None, init_from: str | None = None,
+            resume_weights_only: bool = False) -> Trainer:
     from ldm_system.train.finetune import load_init_unet
 
     codec, kind, shape, info = data_codec(cfg)
@@ -147,8 +149,9 @@ def run_ldm(cfg: LDMRunConfig, resume: str | None = None, init_from: str | None 
     init = load_init_unet(init_from, cfg.unet) if init_from else None
     task = DiffusionTask(cfg.unet, cfg.diffusion, cfg.optim, codec, kind, cfg.preview, init_unet=init, info=info,
                          text=build_text_encoder(cfg))
-    trainer = Trainer(task, stream_factory(cfg.data), cfg.train, run_config=cfg)
-    trainer.fit(resume=resume)
+    trainer = Trainer(task, stream_factory(cfg.data), cfg.train, run_config=cfg, micro_batch=cfg.data.batch_size,
+                      resume=resume, resume_weights_only=resume_weights_only)
+    trainer.fit()
     return trainer
 
 

@@ -58,10 +58,10 @@ def main() -> None:
     resume = sys.argv[3] if len(sys.argv) > 3 else None
     world = int(__import__("os").environ.get("WORLD_SIZE", "1"))
     rank = int(__import__("os").environ.get("RANK", "0"))
-    cfg = EngineConfig(out_dir=out, steps=steps, batch_size=8 // world, log_every=1, ckpt_every=5,
+    cfg = EngineConfig(out_dir=out, steps=steps, log_every=1, ckpt_every=5,
                        ema_module="net", ema_decay=0.9, progress=False, max_grad_norm=0.0)
-    tr = Trainer(MLPTask(), Stream(rank, world, 8 // world), cfg)
-    tr.fit(resume=resume)
+    tr = Trainer(MLPTask(), Stream(rank, world, 8 // world), cfg, micro_batch=8 // world, resume=resume)
+    tr.fit()
     acc = tr.accelerator
     sd = acc.get_state_dict(tr.p.modules["net"])
     with tr.ema.swap():

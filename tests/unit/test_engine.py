@@ -12,57 +12,7 @@ from ldm_system.train import checkpoint as ckpt
 from ldm_system.train.engine import EngineConfig, NonFiniteLossError, Trainer
 from ldm_system.train.prepare import warmup_cosine
 from ldm_system.train.task import Task
-
-
-class ToyStream:
-    """A resumable, deterministic stream of (x, y) regression batches."""
-
-    def __init__(self, seed: int = 0, batch: int = 4, nan_at: set[int] | None = None) -> None:
-        self.seed, self.batch, self.pos, self.nan_at = seed, batch, 0, nan_at or set()
-
-    def __iter__(self):
-        while True:
-            g = torch.Generator().manual_seed(self.seed * 100003 + self.pos)
-            x = torch.randn(self.batch, 3, generator=g)
-            y = x @ torch.tensor([[1.0], [-2.0], [0.5]])
-            if self.pos in self.nan_at:
-                x = x * float("nan")
-            self.pos += 1
-            yield x, y
-
-    def state_dict(self):
-        return {"pos": self.pos}
-
-    def load_state_dict(self, s):
-        self.pos = s["pos"]
-
-
-class ToyTask:
-    def build(self):
-        return {"net": nn.Linear(3, 1)}
-
-    def optimizers(self, modules):
-        return {"net": torch.optim.AdamW(modules["net"].parameters(), lr=0.05)}
-
-    def losses(self, modules, batch, step):
-        x, y = batch
-        # the noise uses the global RNG, so exact resume needs RNG state restored too
-        pred = modules["net"](x) + 0.01 * torch.randn_like(y)
-        self._last = float(((pred - y) ** 2).mean().detach())
-        yield "net", ((pred - y) ** 2).mean()
-
-    def metrics(self):
-        return {"toy/mse": self._last}
-
-    def preview(self, modules, batch):
-        return torch.zeros(2, 1, 4, 4)
-
-
-def _cfg(tmp_path: Path, **kw) -> EngineConfig:
-    base = dict(out_dir=str(tmp_path / "run"), steps=12, batch_size=4, log_every=4, ckpt_every=4,
-                keep_last=2, ema_module="net", ema_decay=0.9, progress=False)
-    base.update(kw)
-    return EngineConfig(**base)
+from engine_toys import ToyStream, ToyTask, toy_cfg as _cfg
 
 
 def test_toy_task_satisfies_protocol():
@@ -94,8 +44,8 @@ def test_resume_continues_same_trajectory(tmp_path):
     part = Trainer(ToyTask(), ToyStream(), _cfg(tmp_path / "b", steps=8))
     part.fit()
     torch.manual_seed(1234)  # a fresh process would have other RNG state: resume must restore it
-    resumed = Trainer(ToyTask(), ToyStream(), _cfg(tmp_path / "b"))
-    resumed.fit(resume="latest")
+    resumed = Trainer(ToyTask(), ToyStream(), _cfg(tmp_path / "b"), resume="latest")
+    resumed.fit()
     assert resumed.step == 12
     for a, b in zip(full.raw["net"].parameters(), resumed.raw["net"].parameters()):
         assert torch.equal(a, b)
@@ -110,7 +60,7 @@ def test_resume_rejects_other_task(tmp_path):
         pass
 
     with pytest.raises(ValueError, match="written by task 'ToyTask'"):
-        Trainer(OtherTask(), ToyStream(), _cfg(tmp_path, steps=8)).fit(resume="latest")
+        Trainer(OtherTask(), ToyStream(), _cfg(tmp_path, steps=8), resume="latest")
 
 
 def test_nan_loss_skips_step_then_stops_after_saving(tmp_path):
