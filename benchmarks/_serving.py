@@ -34,7 +34,7 @@ def held_out_images(pipe, count: int, offset: int = 0, shards: str | None = None
         return x[offset:], [int(v) for v in y[offset:]]
     from PIL import Image
 
-    from ldm_system.data.fashion_mnist import load_fashion_mnist
+    from ldm_system.data.sources.fashion_mnist import load_fashion_mnist
     from ldm_system.images import fit_to_tensor
 
     images, labels = load_fashion_mnist("test")

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from ldm_system.data.shards import pack
+from ldm_system.data.pack import pack
 from ldm_system.data.stream import StreamConfig, make_loader
 from ldm_system.data.tario import read_samples
 from ldm_system.data.transforms import decode_image, hflip, resize_and_crop, to_channels, to_tensor_pm1

@@ -31,7 +31,7 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
 
 # ---- data ---------------------------------------------------------------------------------
 def cmd_data_pack(a: argparse.Namespace) -> int:
-    from ldm_system.data.shards import pack
+    from ldm_system.data.pack import pack
 
     m = pack(a.src, a.out_dir, shard_size=a.shard_size, image_size=a.image_size, seed=a.seed, split=a.split,
              channels=a.channels, limit=a.limit, num_samples=a.num_samples, overwrite=a.overwrite)

@@ -200,8 +200,4 @@ def dump_config(cfg: Any, path: str | Path) -> None:
     Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
 
 
-def replace(cfg: T, **changes: Any) -> T:
-    return dataclasses.replace(cfg, **changes)
-
-
-__all__ = ["ConfigError", "load_config", "from_dict", "to_dict", "dump_config", "replace"]
+__all__ = ["ConfigError", "load_config", "from_dict", "to_dict", "dump_config"]

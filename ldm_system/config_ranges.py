@@ -44,7 +44,7 @@ from ldm_system.baselines.autoregressive import AROptimConfig, ARPreviewConfig, 
 from ldm_system.baselines.flow import FlowModelConfig, FlowOptimConfig, FlowPreviewConfig, FlowRunConfig
 from ldm_system.baselines.gan import GANLossConfig, GANOptimConfig, GANPreviewConfig, GANRunConfig
 from ldm_system.baselines.gan_models import GANModelConfig
-from ldm_system.data.shards import PackConfig
+from ldm_system.data.pack import PackConfig
 from ldm_system.data.stream import StreamConfig
 from ldm_system.diffusion.config import DiffusionConfig
 from ldm_system.models.text import TextEncoderConfig

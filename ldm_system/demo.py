@@ -29,7 +29,7 @@ def _say(msg: str) -> None:
 
 def _pack(split: str, out: Path, quick: bool) -> Path:
     from ldm_system.data.manifest import read_manifest
-    from ldm_system.data.shards import pack
+    from ldm_system.data.pack import pack
 
     want = 2000 if quick else None
     if (out / "manifest.json").exists():

@@ -1,12 +1,13 @@
 """Data: packing images into WebDataset shards and streaming them back, exactly once per epoch.
 
 Modules, in the order data flows through them:
-  sources.py, fashion_mnist.py, photos.py   inputs: an image folder, builtin:fashion-mnist, builtin:photos
-  shards.py                                 `pack()`: source -> shards + manifest.json
+  sources/                                  inputs: an image folder, builtin:fashion-mnist, builtin:photos
+  pack.py                                   `pack()`: source -> shards + manifest.json
   writer.py, manifest.py                    generic shard writing (sha256, counts) and the manifest
   encode.py                                 image shards -> latent shards (stage 1 autoencoder)
   stream.py                                 `make_loader()`: shards -> batches, resumable
-  shardlist.py, partition.py, pipeline.py   shard specs, the rank x worker split, the worker stream
+  shardlist.py, partition.py                shard specs, the rank x worker split
+  stream_worker.py                          one worker's deterministic stream of batches
   tario.py, decode.py, transforms.py        tar reading, sample decoding, image transforms
 Importing this package imports none of them, so `import ldm_system.data` stays cheap.
 """

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ldm_system.data.shards import PackConfig
+from ldm_system.data.pack import PackConfig
 from ldm_system.data.stream import StreamConfig
 
 

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from ldm_system.data.rng import KeyedRandom
-from ldm_system.data.source_api import UNLABELLED
+from ldm_system.data.sources.base import UNLABELLED
 from ldm_system.data.tario import RawSample
 from ldm_system.data.transforms import (
     CHANNEL_MODES,

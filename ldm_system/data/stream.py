@@ -33,7 +33,7 @@ from torch.utils.data import DataLoader
 
 from ldm_system.data.decode import DecodeOptions
 from ldm_system.data.partition import GRANULARITIES, EpochPlan
-from ldm_system.data.pipeline import Batch, ShardStream, StreamPosition
+from ldm_system.data.stream_worker import Batch, ShardStream, StreamPosition
 from ldm_system.data.shardlist import resolve_shards
 from ldm_system.data.stats import StreamStats
 from ldm_system.data.transforms import CHANNEL_MODES, CROP_MODES

@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 from launch_utils import accelerate
 from ldm_fixtures import AE_DEBUG
 from ldm_system.config import load_config
-from ldm_system.data.shards import pack
+from ldm_system.data.pack import pack
 from ldm_system.train.runs import AERunConfig, run_autoencoder
 
 

@@ -12,7 +12,7 @@ def build_debug_latents(root: Path, num_images: int = 256, ae_steps: int = 2) ->
     """Real Fashion-MNIST test images → a debug KL-f4 autoencoder → latent shards. Returns the latent folder."""
     from ldm_system.config import load_config
     from ldm_system.data.encode import encode_shards
-    from ldm_system.data.shards import pack
+    from ldm_system.data.pack import pack
     from ldm_system.train.runs import AERunConfig, run_autoencoder
 
     lat = root / "latents"

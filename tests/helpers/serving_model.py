@@ -35,7 +35,7 @@ def build_trained_model(root: Path, sizes: BuildSizes = BuildSizes()) -> Path:
     """
     from ldm_system.config import load_config
     from ldm_system.data.encode import encode_shards
-    from ldm_system.data.shards import pack
+    from ldm_system.data.pack import pack
     from ldm_system.serving.export import export_checkpoint
     from ldm_system.train.runs import AERunConfig, LDMRunConfig, run_autoencoder, run_ldm
 

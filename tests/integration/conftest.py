@@ -36,7 +36,7 @@ def held_out_files(tmp_path_factory) -> tuple[list[Path], list[int]]:
     the resize policy, exactly as the packer treated the training images), with their labels."""
     from PIL import Image
 
-    from ldm_system.data.fashion_mnist import load_fashion_mnist
+    from ldm_system.data.sources.fashion_mnist import load_fashion_mnist
 
     images, labels = load_fashion_mnist("test")
     folder = tmp_path_factory.mktemp("held_out")

@@ -30,7 +30,7 @@ def _sdpa_backend():
 
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory) -> Path:
-    from ldm_system.data.shards import pack
+    from ldm_system.data.pack import pack
 
     out = tmp_path_factory.mktemp("ar_data") / "fmnist"
     pack("builtin:fashion-mnist", out, image_size=32, split="test", limit=256, shard_size=64)

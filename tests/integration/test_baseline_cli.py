@@ -14,7 +14,7 @@ CONFIGS = ROOT / "configs" / "baselines"
 
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory):
-    from ldm_system.data.shards import pack
+    from ldm_system.data.pack import pack
 
     root = tmp_path_factory.mktemp("baseline-cli")
     pack("builtin:fashion-mnist", root / "test", image_size=32, split="test", limit=128, shard_size=64)

@@ -23,7 +23,7 @@ FMNIST = ROOT / "configs" / "baselines" / "gan-fmnist.yaml"
 
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory) -> Path:
-    from ldm_system.data.shards import pack
+    from ldm_system.data.pack import pack
 
     out = tmp_path_factory.mktemp("gan_data") / "fmnist"
     pack("builtin:fashion-mnist", out, image_size=32, split="test", limit=256, shard_size=64)

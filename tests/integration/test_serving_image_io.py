@@ -78,7 +78,7 @@ def test_missing_and_unreadable_files(tmp_path):
 def test_packer_and_serving_prepare_the_same_pixels(tmp_path, channels):
     """An odd-sized RGBA picture with a half-transparent background: the packed shard, the CLI's file
     reader and the server's base64 reader all give the same pixels (alpha over white, Lanczos)."""
-    from ldm_system.data.shards import pack
+    from ldm_system.data.pack import pack
     from ldm_system.data.stream import first_images
 
     g = torch.Generator().manual_seed(1)

@@ -135,7 +135,7 @@ def captioned(text_pipe, tmp_path_factory) -> tuple[torch.Tensor, list[str], lis
     class names, as in training) and their PNG files."""
     from PIL import Image
 
-    from ldm_system.data.fashion_mnist import load_fashion_mnist
+    from ldm_system.data.sources.fashion_mnist import load_fashion_mnist
 
     images, labels = load_fashion_mnist("test")
     folder = tmp_path_factory.mktemp("captioned")

@@ -21,7 +21,7 @@ from ldm_system.baselines.ar_model import (
 )
 from ldm_system.baselines.autoregressive import ARTask, AROptimConfig, load_ar
 from ldm_system.baselines.common import save_model_folder
-from ldm_system.data.pipeline import Batch
+from ldm_system.data.stream_worker import Batch
 
 TINY = ARModelConfig(channels=2, image_size=4, width=32, depth=2, heads=4, num_classes=3)  # N = 32
 

@@ -28,7 +28,7 @@ from ldm_system.baselines.flow_layers import (
     squeeze2d,
     unsqueeze2d,
 )
-from ldm_system.data.pipeline import Batch
+from ldm_system.data.stream_worker import Batch
 from ldm_system.eval.metrics import bits_per_dim as metrics_bits_per_dim
 
 TINY = FlowModelConfig(channels=1, image_size=4, levels=2, steps=2, hidden=8)  # D = 16

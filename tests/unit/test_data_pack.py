@@ -12,7 +12,7 @@ import webdataset as wds
 from PIL import Image
 
 from ldm_system.data.manifest import Manifest, read_manifest
-from ldm_system.data.shards import PackConfig, pack
+from ldm_system.data.pack import PackConfig, pack
 from ldm_system.data.writer import ShardWriter, check_key, verify_shards
 
 RED = (200, 30, 40)

@@ -10,16 +10,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ldm_system.data import fashion_mnist
-from ldm_system.data.fashion_mnist import (
+from ldm_system.data.pack import pack
+from ldm_system.data.sources import fashion_mnist
+from ldm_system.data.sources.fashion_mnist import (
     CLASSES,
     DatasetNotInstalledError,
     FashionMNISTSource,
     load_fashion_mnist,
     read_idx,
 )
-from ldm_system.data.shards import pack
-from ldm_system.data.sources import open_source
+from ldm_system.data.sources.registry import open_source
 
 FMNIST = Path("/usr/share/datasets/fashion-mnist")
 needs_fmnist = pytest.mark.skipif(

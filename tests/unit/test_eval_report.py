@@ -36,7 +36,7 @@ class Noise:
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    from ldm_system.data.shards import pack
+    from ldm_system.data.pack import pack
     from ldm_system.data.stream import first_images
     from ldm_system.eval.features import build_feature_extractor
 

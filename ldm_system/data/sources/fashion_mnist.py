@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image
 
 from ldm_system.data.manifest import SkippedFile
-from ldm_system.data.source_api import Item
+from ldm_system.data.sources.base import Item
 
 DEFAULT_DIR = Path("/usr/share/datasets/fashion-mnist")
 DIR_ENV = "LDM_FASHION_MNIST_DIR"

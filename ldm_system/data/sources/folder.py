@@ -1,6 +1,6 @@
-"""Pack sources: an image folder, or a built-in dataset named `builtin:NAME[:SPLIT]`.
+"""An image folder as a pack source.
 
-Image folder rules:
+Rules:
   * The folder is walked recursively in sorted order. Hidden files and folders (".name") are ignored.
   * Images are matched by extension, case-insensitively: IMAGE_EXTENSIONS.
   * Labels: when the folder has first-level subfolders holding images, each such subfolder is a
@@ -15,19 +15,15 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from PIL import Image, ImageOps
 
-from ldm_system.data.fashion_mnist import FashionMNISTSource
 from ldm_system.data.manifest import SkippedFile
-from ldm_system.data.photos import DEFAULT_IMAGE_SIZE, DEFAULT_NUM_SAMPLES, PhotoCropSource
-from ldm_system.data.source_api import UNLABELLED, Item, SkipItem, Source
+from ldm_system.data.sources.base import UNLABELLED, Item, SkipItem
 from ldm_system.data.writer import MAX_KEY_LEN
 
-BUILTIN_PREFIX = "builtin:"
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 CAPTION_EXTENSION = ".txt"
 DEFAULT_FOLDER_CHANNELS = 3
@@ -48,10 +44,7 @@ class FolderSource:
     def __post_init__(self) -> None:
         self.root = Path(self.root)
         if not self.root.is_dir():
-            raise FileNotFoundError(
-                f"pack source {str(self.root)!r} is neither a folder nor a built-in "
-                f"({', '.join(BUILTIN_PREFIX + n for n in BUILTIN_SOURCES)})"
-            )
+            raise FileNotFoundError(f"pack source {str(self.root)!r} is not a folder")
         self.name = str(self.root)
         self._walk()
 
@@ -128,57 +121,3 @@ class FolderSource:
             return caption_path.read_text(encoding="utf-8", errors="replace").strip()
         except OSError:
             return ""
-
-
-def _open_fashion_mnist(
-    split: str, channels: int | None, image_size: int | None, num_samples: int | None, seed: int
-) -> Source:
-    del image_size, seed  # resizing happens in pack; the order shuffle uses the pack seed
-    if num_samples is not None:
-        raise ValueError("builtin:fashion-mnist has a fixed size; use limit to pack fewer samples")
-    return FashionMNISTSource(split=split, channels=1 if channels is None else channels)
-
-
-def _open_photos(
-    split: str, channels: int | None, image_size: int | None, num_samples: int | None, seed: int
-) -> Source:
-    return PhotoCropSource(
-        num_samples=DEFAULT_NUM_SAMPLES if num_samples is None else num_samples,
-        image_size=DEFAULT_IMAGE_SIZE if image_size is None else image_size,
-        seed=seed,
-        channels=3 if channels is None else channels,
-        split=split,
-    )
-
-
-# name -> factory(split, channels, image_size, num_samples, seed)
-BUILTIN_SOURCES: dict[str, Callable[..., Source]] = {
-    "fashion-mnist": _open_fashion_mnist,
-    "photos": _open_photos,
-}
-
-
-def open_source(
-    src: str,
-    *,
-    split: str = "train",
-    channels: int | None = None,
-    image_size: int | None = None,
-    num_samples: int | None = None,
-    seed: int = 0,
-) -> Source:
-    """Resolve SRC: `builtin:NAME`, `builtin:NAME:SPLIT`, or a folder path."""
-    if src.startswith(BUILTIN_PREFIX):
-        name, _, src_split = src[len(BUILTIN_PREFIX) :].partition(":")
-        if name not in BUILTIN_SOURCES:
-            raise ValueError(
-                f"unknown built-in source {name!r}; available: {', '.join(sorted(BUILTIN_SOURCES))}"
-            )
-        if src_split and split not in ("train", src_split):
-            raise ValueError(f"split given twice: {src!r} and split={split!r}")
-        return BUILTIN_SOURCES[name](src_split or split, channels, image_size, num_samples, seed)
-    if num_samples is not None:
-        raise ValueError("num_samples applies to builtin:photos only; use limit for a folder")
-    return FolderSource(
-        Path(src), channels=DEFAULT_FOLDER_CHANNELS if channels is None else channels, split=split
-    )

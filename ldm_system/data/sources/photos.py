@@ -15,7 +15,7 @@ import numpy as np
 from PIL import Image
 
 from ldm_system.data.manifest import SkippedFile
-from ldm_system.data.source_api import Item
+from ldm_system.data.sources.base import Item
 
 INSTALL_HINT = 'pip install "ldm-system[photos]"  (or: pip install scikit-image)'
 DEFAULT_NUM_SAMPLES = 2048

@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 
 from ldm_system.data.manifest import Manifest, SkippedFile
-from ldm_system.data.source_api import SkipItem, Source
-from ldm_system.data.sources import open_source
+from ldm_system.data.sources.base import SkipItem, Source
+from ldm_system.data.sources.registry import open_source
 from ldm_system.data.transforms import encode_png, fit_image
 from ldm_system.data.writer import ShardWriter
 
