@@ -17,14 +17,11 @@ arguments as a request (`serving/requests.py`) and turns classes/prompts into co
 """
 from __future__ import annotations
 
-import json
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import torch
 
-from ldm_system.config import from_dict
 from ldm_system.diffusion.config import DiffusionConfig
 from ldm_system.diffusion.editing import class_edit, sdedit, slerp
 from ldm_system.diffusion.guidance import Guidance
@@ -33,10 +30,10 @@ from ldm_system.diffusion.loop import StepCallback, sample
 from ldm_system.diffusion.null_inversion import null_condition_inversion
 from ldm_system.diffusion.samplers import SamplerConfig, make_sampler
 from ldm_system.models.conditioning import ClassSpec, Conditioning, per_image
+from ldm_system.models.exported import load_exported_ldm
 from ldm_system.models.latent import LatentCodec
-from ldm_system.models.text import TEXT_ENCODER_DIR, TextEncoder, check_cross_attention_dim
-from ldm_system.models.unet import Denoiser, UNetConfig
-from ldm_system.serving.export import LDM_META
+from ldm_system.models.text import TextEncoder, check_cross_attention_dim
+from ldm_system.models.unet import Denoiser
 from ldm_system.serving.metrics import InversionResult, inversion_result
 from ldm_system.serving.requests import EditRequest, InterpolateRequest, InvertRequest, SampleRequest, SDEditRequest
 
@@ -64,29 +61,10 @@ class LDMPipeline:
     # ---- loading -------------------------------------------------------------------------
     @classmethod
     def from_pretrained(cls, path: str | Path, device: str | torch.device = "cpu") -> "LDMPipeline":
-        """Load an `ldm export` folder. A missing or damaged part is an error that names the file."""
-        from diffusers import UNet2DConditionModel, UNet2DModel
-
-        path = Path(path)
-        meta, ucfg, dcfg = _read_meta(path)
-        kind = UNet2DConditionModel if ucfg.conditioning == "text" else UNet2DModel
-        with _weights_of(path / "unet"):
-            unet = kind.from_pretrained(str(path / "unet"))
-        codec = LatentCodec.identity()
-        if meta.get("has_autoencoder"):
-            with _weights_of(path / "autoencoder"):
-                codec = LatentCodec.from_checkpoint(path / "autoencoder", sample_posterior=False)
-        if abs(codec.scale - float(meta["latent_scale"])) > 1e-6 * max(1.0, codec.scale):
-            raise ValueError(f"{path}: latent scale in {LDM_META} ({meta['latent_scale']}) differs from the autoencoder's ({codec.scale})")
-        text = None
-        if ucfg.conditioning == "text":
-            if not meta.get("text_encoder"):
-                raise ValueError(f"{path}: a text-conditioned model without a text encoder in {LDM_META}; re-export it")
-            with _weights_of(path / TEXT_ENCODER_DIR):
-                text = TextEncoder.from_pretrained(path, int(meta["text_encoder"]["max_length"])).to(device)
-        den = Denoiser(ucfg, unet).to(device)
-        codec.to(device)
-        return cls(den, codec, dcfg, meta.get("classes", []), text=text)
+        """Load an `ldm export` folder (`models/exported.py`, the one loader of that folder): a missing
+        or damaged part is an error that names the file."""
+        parts = load_exported_ldm(path, device)
+        return cls(parts.denoiser, parts.codec, parts.diffusion, parts.classes, text=parts.text)
 
     # ---- helpers ---------------------------------------------------------------------------
     def model_fn(self, x: torch.Tensor, t: torch.Tensor, cond):
@@ -273,38 +251,6 @@ class LDMPipeline:
             c = torch.stack([(1 - float(a)) * e[0] + float(a) * e[1] for a in alphas])
         z = sample(self.model_fn, s, xs.shape, num_steps=r.steps, cond=c, x_T=xs, callback=callback)
         return self.codec.decode(z).clamp(-1, 1)
-
-
-def _read_meta(path: Path) -> tuple[dict, UNetConfig, DiffusionConfig]:
-    """The export's description (ldm.json): its raw dict, the UNet and the diffusion configs."""
-    meta_file = path / LDM_META
-    if not meta_file.exists():
-        raise FileNotFoundError(f"{path} is not an exported ldm-system model (no {LDM_META}); run `ldm export` first")
-    try:
-        meta = json.loads(meta_file.read_text())
-        ucfg = from_dict(UNetConfig, meta["unet"], source=str(meta_file), where="unet")
-        dcfg = from_dict(DiffusionConfig, meta["diffusion"], source=str(meta_file), where="diffusion")
-        float(meta["latent_scale"])
-    except (json.JSONDecodeError, KeyError, TypeError) as e:  # ConfigError (a ValueError) passes as it is
-        raise ValueError(f"{meta_file}: not a readable ldm-system model description ({type(e).__name__}: {e})") from e
-    return meta, ucfg, dcfg
-
-
-@contextmanager
-def _weights_of(folder: Path) -> Iterator[None]:
-    """Turn a failed load of `folder`'s weights (truncated, not safetensors, missing) into one error
-    that names the file: diffusers raises OSError and safetensors its own error, neither naming it."""
-    from safetensors import SafetensorError
-
-    files = sorted(folder.glob("*.safetensors"))
-    if not files:
-        raise FileNotFoundError(f"{folder}: no weights (*.safetensors) there; re-export or copy the model again")
-    try:
-        yield
-    except (OSError, SafetensorError) as e:
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ValueError(f"{', '.join(map(str, files))}: cannot load the weights, the file is truncated or damaged "
-                         f"({reason}); re-export or copy the model again") from e
 
 
 __all__ = ["InversionResult", "LDMPipeline"]
