@@ -165,19 +165,21 @@ def launch_env(threads: int = 1) -> dict[str, str]:
 
 
 def accelerate_launch(script: Path, args: list[str], mode: str, procs: int, threads: int = 1,
-                      timeout: int = 900, ds_json: str | Path | None = None) -> subprocess.CompletedProcess:
+                      timeout: int = 900, ds_json: str | Path | None = None,
+                      precision: str = "no") -> subprocess.CompletedProcess:
     """mode "ddp": DDP over gloo (ACCELERATE_USE_CPU=1 --multi_gpu); "zero1"/"zero2"/"zero3": DeepSpeed
     with the project's JSON in launch/deepspeed/ (what launch/accelerate/zeroN.yaml points at), passed
-    on the command line so that `ds_json` can swap in a variant."""
+    on the command line so that `ds_json` can swap in a variant. `precision` is the launcher's
+    `--mixed_precision` ("no", "bf16"); the worker must not contradict it."""
     cmd = [str(BIN / "accelerate"), "launch", "--num_processes", str(procs), "--num_machines", "1",
            "--main_process_port", str(free_port())]
     env = launch_env(threads)
     if mode == "ddp":
         env["ACCELERATE_USE_CPU"] = "1"
-        cmd += ["--mixed_precision", "no"] + (["--multi_gpu"] if procs > 1 else [])
+        cmd += ["--mixed_precision", precision] + (["--multi_gpu"] if procs > 1 else [])
     elif mode in ("zero1", "zero2", "zero3"):
         ds_json = ds_json or ROOT / "launch" / "deepspeed" / f"{mode}.json"
-        cmd += ["--use_deepspeed", "--deepspeed_config_file", str(ds_json)]
+        cmd += ["--use_deepspeed", "--deepspeed_config_file", str(ds_json), "--mixed_precision", precision]
     else:
         raise ValueError(f"unknown launch mode {mode!r}")
     cmd += [str(script), *args]

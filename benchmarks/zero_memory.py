@@ -1,19 +1,23 @@
 """Per-rank bytes of parameters, gradients and optimizer state under DDP, ZeRO-1, ZeRO-2 and ZeRO-3
 on 2 ranks, counted from the tensors each rank actually holds during a real `Trainer` step.
 
-    python benchmarks/zero_memory.py                 # 5 launches of 2 processes, ~3 min
+    python benchmarks/zero_memory.py                 # 5 modes x fp32/bf16: 10 launches of 2 processes, ~6 min
     python benchmarks/zero_memory.py --quick         # DDP and the two ZeRO-3 variants
+    python benchmarks/zero_memory.py --precisions bf16   # only the mixed-precision setting used on GPUs
     python benchmarks/zero_memory.py --widths 128,256,512 --attention 0,1,1
 
 Each mode is one `accelerate launch` of this file in `--worker` mode (DDP over gloo; DeepSpeed with
 the project's launch/deepspeed/zeroN.json; "zero3-tuned" = zero3.json with the buckets sized for
 this model, see ZERO3_TUNING), running the real engine (`Trainer.train_step` with `DiffusionTask`,
-fp32, the task's AdamW passed to DeepSpeed from the client side) on 8x8x3 random latents, batch 2.
+the task's AdamW passed to DeepSpeed from the client side) on 8x8x3 random latents, batch 2, once
+in fp32 and once with `--mixed_precision bf16` given to the launcher (what GPU runs use: DDP keeps
+fp32 weights under autocast; DeepSpeed keeps bf16 weights/gradients and an fp32 master copy).
 Memory does not depend on timing, so the modes run one after the other.
 
 When: on the third training step, at three moments:
 - at AdamW's step (a step pre-hook on the task's own torch optimizer, which DDP and DeepSpeed both
-  call): gradients are present and the Adam moments exist. The headline table;
+  call): gradients are present and the Adam moments exist. ZeRO-3 calls it once per sub-group;
+  the fullest of those calls is kept. The headline table;
 - at the end of the UNet's forward (a forward hook): which parameters are gathered in flight;
 - between steps (after zero_grad): what stays allocated for the whole run.
 
@@ -37,6 +41,7 @@ Process RSS (everything, libraries included) is printed as a cross-check.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import tempfile
@@ -50,6 +55,15 @@ from _common import ROOT, accelerate_launch, mib, parse_bools, parse_ints, table
 MASTER_STORES = ("single_partition_of_fp32_groups", "fp32_partitioned_groups_flat")  # DeepSpeed ZeRO-1/2, ZeRO-3
 GRAD_STORES = ("averaged_gradients", "grads_in_partition", "grad_partitions_flat_buffer",
                "_DeepSpeedZeroOptimizer_Stage3__param_id_to_grad_partition")
+
+
+CATS = ("params", "master", "grads", "optim")  # what the ratio counts
+
+
+def step_total(snap: dict, phase: str | None = None) -> int:
+    """params + master + grads + optimizer state (bytes) of a snapshot, or of a rank's `phase` one."""
+    b = (snap[phase] if phase else snap)["bytes"]
+    return sum(b.get(c, 0) for c in CATS)
 
 
 class Ledger:
@@ -130,16 +144,21 @@ def snapshot(trainer, adamw: torch.optim.Optimizer) -> dict:
             "numel": sum(p.numel() if p.numel() else getattr(p, "ds_numel", 0) for p in raw.parameters())}
 
 
-# DeepSpeed's ZeRO-3 defaults are sized for billion-parameter models. With them a rank keeps every
-# gathered parameter alive through forward and backward (max live parameters and reuse distance 1e9),
-# keeps parameters below 1e5 elements unpartitioned, and allocates a 5e8-element (1.9 GiB fp32)
-# reduce bucket. "zero3-tuned" is launch/deepspeed/zero3.json with these sized for a ~10M-param UNet.
+# launch/deepspeed/zero3.json bounds DeepSpeed's billion-parameter defaults for our UNet sizes
+# (reduce bucket 5e7 elements, 1e8 live parameters); "zero3-tuned" sizes them for this ~10M-param
+# UNet instead: parameters gathered in flight, the reduce bucket, what stays unpartitioned, and
+# `sub_group_size`. The ZeRO-3 optimizer steps its partition one sub-group at a time and builds an
+# fp32 copy of that sub-group's gradient just for its step (stage3.py,
+# `_prepare_fp32_grad_for_sub_group`, freed in `_release_sub_group`). With DeepSpeed's default
+# (1e9 elements) the whole partition is one sub-group, so that copy is 4Ψ/N bytes; with 1e6 it is
+# at most ~4 MiB.
 ZERO3_TUNING = {
     "reduce_bucket_size": 5_000_000,
     "stage3_prefetch_bucket_size": 1_000_000,
     "stage3_max_live_parameters": 1_000_000,
     "stage3_max_reuse_distance": 0,
     "stage3_param_persistence_threshold": 10_000,
+    "sub_group_size": 1_000_000,
 }
 
 
@@ -164,15 +183,28 @@ def worker(args) -> None:
     unet = unet_config(8, 3, parse_ints(args.widths), parse_bools(args.attention), args.layers)
     base = diffusion_task(unet)
     task = Task(base.unet_cfg, base.diff_cfg, base.optim_cfg, base.codec, "latent")
-    cfg = EngineConfig(out_dir=args.out_dir, steps=10, batch_size=2, progress=False, log_every=1000)
-    trainer = Trainer(task, [], cfg)
+    # The launcher's --mixed_precision is the source of truth; the worker repeats the same value
+    # (an EngineConfig whose precision defaults to "take the launcher's" accepts that too).
+    cfg_kw = dict(out_dir=args.out_dir, steps=10, progress=False, log_every=1000, mixed_precision=args.precision)
+    trainer_kw = {}
+    if "batch_size" in {f.name for f in dataclasses.fields(EngineConfig)}:
+        cfg_kw["batch_size"] = 2
+    else:  # the micro-batch is a Trainer argument
+        trainer_kw["micro_batch"] = 2
+    trainer = Trainer(task, [], EngineConfig(**cfg_kw), **trainer_kw)
     result: dict = {}
     armed = {"forward": False, "step": False}
 
     def take(phase):
-        if armed[phase]:  # only the first call in the armed step (ZeRO-3 steps AdamW once per sub-group)
-            armed[phase] = False
-            result[phase] = snapshot(trainer, task.adamw)
+        if armed[phase]:
+            snap = snapshot(trainer, task.adamw)
+            # ZeRO-3 steps AdamW once per sub-group (`sub_group_size`), each with its own transient
+            # fp32 gradient: keep the fullest moment of the step. Forward: its first call only.
+            if phase == "forward":
+                armed[phase] = False
+            if phase not in result or step_total(snap) > step_total(result[phase]):
+                result[phase] = snap
+            result[phase + "_calls"] = result.get(phase + "_calls", 0) + 1
 
     task.adamw.register_step_pre_hook(lambda *_: take("step"))
     trainer.raw["unet"].register_forward_hook(lambda *_: take("forward"))  # gathered params in flight
@@ -180,6 +212,7 @@ def worker(args) -> None:
     for step in range(3):
         armed["forward"] = armed["step"] = step == 2
         trainer.train_step((z,))
+    armed["step"] = False
     result["between"] = snapshot(trainer, task.adamw)  # after zero_grad: what stays for the whole run
     rank = trainer.accelerator.process_index
     result.update(rank=rank, world=trainer.accelerator.num_processes)
@@ -193,7 +226,11 @@ def main() -> None:
     ap.add_argument("--widths", default="64,128,256", help="UNet block_out_channels (default: 10.9M params)")
     ap.add_argument("--attention", default="0,0,1")
     ap.add_argument("--layers", type=int, default=1)
+    ap.add_argument("--precisions", default="no,bf16", help="launcher --mixed_precision values to measure")
     ap.add_argument("--quick", action="store_true", help="only DDP and the two ZeRO-3 variants")
+    ap.add_argument("--save", default="", help="write the raw per-rank snapshots to this JSON file")
+    ap.add_argument("--load", default="", help="print the tables of a --save file instead of launching")
+    ap.add_argument("--precision", default="no", help=argparse.SUPPRESS)
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--out-dir", default="", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -202,23 +239,67 @@ def main() -> None:
     if args.quick:
         args.modes = "ddp,zero3,zero3-tuned"
 
-    results = {}
-    for mode in args.modes.split(","):
-        with tempfile.TemporaryDirectory() as tmp:
-            ds_json = None
-            if mode == "zero3-tuned":
-                ds_json = Path(tmp, "zero3-tuned.json")
-                ds_json.write_text(json.dumps(tuned_zero3_config(), indent=2))
-            accelerate_launch(Path(__file__), ["--worker", "--out-dir", tmp, "--widths", args.widths,
-                                               "--attention", args.attention, "--layers", str(args.layers)],
-                              mode.split("-")[0], procs=2, ds_json=ds_json)
-            results[mode] = [json.loads(Path(tmp, f"mem_rank{r}.json").read_text()) for r in range(2)]
-        print(f"{mode}: done", file=sys.stderr)
+    if args.load:  # re-render a saved run without launching anything
+        saved = json.loads(Path(args.load).read_text())
+        args.widths, args.attention, args.layers = saved["widths"], saved["attention"], saved["layers"]
+        runs = saved["runs"]
+    else:
+        runs = {}
+        for precision in args.precisions.split(","):
+            label = "fp32" if precision == "no" else precision
+            runs[label] = {}
+            for mode in args.modes.split(","):
+                runs[label][mode] = launch_mode(mode, precision, args)
+                print(f"{mode} {label}: done", file=sys.stderr)
+                if args.save:  # after every launch, so a failure later keeps what was measured
+                    Path(args.save).write_text(json.dumps({"widths": args.widths, "attention": args.attention,
+                                                           "layers": args.layers, "runs": runs}))
+    for label, results in runs.items():
+        report(results, args, label)
+    if len(runs) > 1:
+        summary(runs)
+
+
+def launch_mode(mode: str, precision: str, args) -> list[dict]:
+    """One `accelerate launch` of 2 workers; their per-rank snapshots."""
+    with tempfile.TemporaryDirectory() as tmp:
+        ds_json = None
+        if mode == "zero3-tuned":
+            ds_json = Path(tmp, "zero3-tuned.json")
+            ds_json.write_text(json.dumps(tuned_zero3_config(), indent=2))
+        accelerate_launch(Path(__file__), ["--worker", "--out-dir", tmp, "--widths", args.widths,
+                                           "--attention", args.attention, "--layers", str(args.layers),
+                                           "--precision", precision],
+                          mode.split("-")[0], procs=2, ds_json=ds_json, precision=precision)
+        return [json.loads(Path(tmp, f"mem_rank{r}.json").read_text()) for r in range(2)]
+
+
+
+
+def summary(runs: dict) -> None:
+    """fp32 and bf16 side by side: the worse rank's total at AdamW's step, and its ratio to DDP in
+    the same precision."""
+    labels = list(runs)
+    modes = [m for m in runs[labels[0]] if all(m in runs[k] for k in labels)]
+    print("\nSide by side: per-rank params+master+grads+optim at AdamW's step (max over ranks), MiB, and / DDP:")
+    rows = []
+    for mode in modes:
+        row = [mode]
+        for k in labels:
+            ddp = max(step_total(r, "step") for r in runs[k]["ddp"]) if "ddp" in runs[k] else None
+            t = max(step_total(r, "step") for r in runs[k][mode])
+            row += [mib(t), f"{t / ddp:.3f}" if ddp else "-"]
+        rows.append(row)
+    print(table(["mode", *[h for k in labels for h in (f"{k} total", f"{k} / DDP")]], rows))
+
+
+def report(results: dict, args, precision: str) -> None:
+    print(f"\n=== mixed precision: {precision} ===")
 
     n = results[next(iter(results))][0]["step"]["numel"]
     print(f"UNet widths {args.widths}, attention {args.attention}, {args.layers} layer(s)/block: "
           f"{n / 1e6:.2f}M params = {mib(4 * n)} MiB in fp32; 2 ranks")
-    cats = ["params", "master", "grads", "optim"]
+    cats = list(CATS)
 
     def total(b: dict) -> int:
         return sum(b.get(c, 0) for c in cats)
