@@ -40,14 +40,6 @@ class KLAutoencoder(nn.Module):
         )
 
     @property
-    def downsample_factor(self) -> int:
-        return self.cfg.f
-
-    @property
-    def latent_channels(self) -> int:
-        return self.cfg.latent_channels
-
-    @property
     def last_layer_weight(self) -> torch.Tensor:
         """Decoder output conv weight: where the adaptive GAN weight compares gradient norms."""
         return self.vae.decoder.conv_out.weight

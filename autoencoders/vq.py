@@ -53,14 +53,6 @@ class VQAutoencoder(nn.Module):
         )
 
     @property
-    def downsample_factor(self) -> int:
-        return self.cfg.f
-
-    @property
-    def latent_channels(self) -> int:
-        return self.cfg.latent_channels
-
-    @property
     def last_layer_weight(self) -> torch.Tensor:
         return self.decoder.conv_out.weight
 

@@ -18,15 +18,6 @@ from kernels.diffusers_processor import TritonAttnProcessor
 ATOL = 2e-5  # fp32 kernels vs fp32 SDPA, through a few layers
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """The UNet convolutions run 3-5x faster single-threaded on a shared 2-core machine."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture(autouse=True)
 def _auto_backend(monkeypatch):
     monkeypatch.delenv("LDM_ATTENTION_BACKEND", raising=False)

@@ -23,14 +23,6 @@ import torch.nn.functional as F
 from kernels.autograd_fn import flash_attention_with_lse
 from kernels.reference import reference_attention_with_lse
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Reference and SDPA runs are tiny; one thread avoids contention on a shared 2-core machine."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
 
 TOLERANCES = {  # dtype: (atol, rtol, lse_atol)
     torch.float32: (1e-5, 1e-5, 1e-5),

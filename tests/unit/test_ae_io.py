@@ -22,14 +22,6 @@ KL = AutoencoderConfig(kind="kl", channels=(8, 16, 16), f=4, latent_channels=3, 
 VQ = dataclasses.replace(KL, kind="vq", quantizer=QuantizerConfig(codebook_size=16, ema=True, restart_after=3))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # small convolutions on a shared 2-core machine: avoid oversubscription
-    yield
-    torch.set_num_threads(n)
-
-
 def test_kl_roundtrip_keeps_weights_and_latent_scale(tmp_path):
     ae = build_autoencoder(KL)
     images = [torch.rand(2, 3, 16, 16) * 2 - 1]

@@ -10,13 +10,6 @@ from autoencoders.kl import KLAutoencoder
 from autoencoders.vq import VQAutoencoder
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # small convolutions on a shared 2-core machine: avoid oversubscription
-    yield
-    torch.set_num_threads(n)
-
 CHANNELS = {4: (8, 16, 16), 8: (8, 16, 16, 16)}
 
 
@@ -31,7 +24,7 @@ def tiny(kind: str, f: int, in_channels: int, latent: int = 3) -> AutoencoderCon
 @pytest.mark.parametrize("in_channels", [1, 3])
 def test_kl_encode_decode_shapes(f, in_channels):
     ae = build_autoencoder(tiny("kl", f, in_channels, latent=4))
-    assert isinstance(ae, KLAutoencoder) and ae.downsample_factor == f
+    assert isinstance(ae, KLAutoencoder) and ae.cfg.f == f
     x = torch.rand(2, in_channels, 16, 24) * 2 - 1
     posterior = ae.encode(x)
     assert posterior.mean.shape == posterior.logvar.shape == (2, 4, 16 // f, 24 // f)

@@ -14,14 +14,6 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # small convolutions on a shared 2-core machine: avoid oversubscription
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def perceptual():
     from autoencoders.perceptual import EffNetPerceptual

@@ -8,14 +8,6 @@ from autoencoders.quantizer import VectorQuantizer
 from autoencoders.vq import VQAutoencoder
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # small convolutions on a shared 2-core machine: avoid oversubscription
-    yield
-    torch.set_num_threads(n)
-
-
 def as_map(points: torch.Tensor) -> torch.Tensor:
     """(N, D) points -> (1, D, 1, N) feature map, so flattening gives the points back in order."""
     return points.t()[None, :, None, :]

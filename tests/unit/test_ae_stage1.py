@@ -11,14 +11,6 @@ from autoencoders.config import LossConfig, preset
 from autoencoders.stage1 import Stage1Task
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # small convolutions on a shared 2-core machine: avoid oversubscription
-    yield
-    torch.set_num_threads(n)
-
-
 def make_task(name="kl-f4-debug", **loss_overrides) -> Stage1Task:
     cfg = preset(name)
     loss = dataclasses.replace(cfg.loss, perceptual="none", disc_start=3, **loss_overrides)

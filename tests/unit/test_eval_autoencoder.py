@@ -13,14 +13,6 @@ from ldm_system.eval.features import EffNetLite0Features
 CFG = AutoencoderConfig(kind="kl", channels=(8, 16, 16), f=4, latent_channels=3, layers_per_block=1, norm_groups=8)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def features():
     return EffNetLite0Features(resize=64)

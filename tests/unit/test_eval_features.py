@@ -18,14 +18,6 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def test_effnet_features_shape_determinism_and_label():
     ext = build_feature_extractor("effnet-lite0", resize=64)
     assert isinstance(ext, EffNetLite0Features) and ext.dim == 1280
