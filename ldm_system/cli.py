@@ -18,8 +18,10 @@ import json
 import logging
 import sys
 from pathlib import Path
+from typing import NoReturn
 
-from ldm_system.config import ConfigError, load_config
+from ldm_system.config import load_config
+from ldm_system.errors import user_message
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
@@ -136,9 +138,18 @@ def cmd_demo(a: argparse.Namespace) -> int:
     return run_demo(Path(a.out), quick=a.quick)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with usage mistakes in one line too (it prints the whole usage block first by default).
+    Subcommand parsers inherit the class."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}; see {self.prog} --help\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="ldm", description="Two-stage latent diffusion: train, sample, invert, edit.")
+    ap = _Parser(prog="ldm", description="Two-stage latent diffusion: train, sample, invert, edit.")
     ap.add_argument("-v", "--verbose", action="store_true")
+    ap.add_argument("--debug", action="store_true", help="show the traceback of every error")
     sub = ap.add_subparsers(dest="command", required=True)
 
     data = sub.add_parser("data", help="pack and encode datasets").add_subparsers(dest="data_command", required=True)
@@ -223,10 +234,15 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         return int(args.fn(args) or 0)
-    except (ConfigError, FileNotFoundError, ValueError) as e:
-        if args.verbose:
+    except Exception as e:
+        # A user's mistake is one line and exit code 2 (ldm_system/errors.py says which errors are);
+        # anything else is our bug and keeps its traceback, as does everything under --debug.
+        output = getattr(args, "out_dir", None) or getattr(args, "out", None)
+        message = None if args.debug else user_message(e, output)
+        if message is None:
             raise
-        print(f"ldm {args.command}: error: {e}", file=sys.stderr)
+        verb = " ".join(["ldm", args.command, *([args.data_command] if args.command == "data" else [])])
+        print(f"{verb}: error: {message}", file=sys.stderr)
         return 2
 
 

@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from ldm_system.data.manifest import Manifest, read_manifest
 from ldm_system.data.stream import StreamConfig, make_loader
-from ldm_system.data.writer import ShardWriter
+from ldm_system.data.writer import ShardWriter, check_out_dir
 
 
 def _npy(a: torch.Tensor) -> bytes:
@@ -51,6 +51,7 @@ def encode_shards(
     src = read_manifest(shards)
     if src.kind != "images":
         raise ValueError(f"{shards}: holds {src.kind}, `ldm data encode` needs image shards")
+    check_out_dir(Path(out_dir), overwrite)  # before loading the autoencoder: a mistake shows at once
     ae, meta = load_autoencoder(autoencoder, device=device)
     cfg = meta.config
     if src.channels != cfg.in_channels:

@@ -177,18 +177,27 @@ class ShardWriter:
         self._count = 0
 
 
-def _prepare_out_dir(out_dir: Path, overwrite: bool) -> None:
-    """Create `out_dir`; refuse to mix new shards with an earlier pack unless `overwrite`."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    old = sorted(out_dir.glob(SHARD_GLOB))
-    manifest = out_dir / MANIFEST_NAME
-    if not old and not manifest.exists():
-        return
-    if not overwrite:
+def check_out_dir(out_dir: Path, overwrite: bool) -> list[Path]:
+    """The earlier shards in `out_dir` that a new pack replaces (changes nothing). Without
+    `overwrite`, a folder holding shards or a manifest is refused. Writers call it before any
+    slow work, so the mistake shows at once."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise NotADirectoryError(f"{out_dir} is a file, not a folder; choose a folder to write the shards into")
+    old = sorted(out_dir.glob(SHARD_GLOB)) if out_dir.is_dir() else []
+    if (old or (out_dir / MANIFEST_NAME).exists()) and not overwrite:
         raise FileExistsError(
             f"{out_dir} already holds shards or a manifest ({len(old)} shard files); "
-            "choose an empty folder or pass overwrite=True (--overwrite) to replace them"
+            "choose an empty folder or pass --overwrite (overwrite=True) to replace them"
         )
+    return old
+
+
+def _prepare_out_dir(out_dir: Path, overwrite: bool) -> None:
+    """Create `out_dir`; refuse to mix new shards with an earlier pack unless `overwrite`."""
+    old = check_out_dir(out_dir, overwrite)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    manifest = out_dir / MANIFEST_NAME
     # Only files this writer creates are removed; anything else in the folder is left alone.
     for path in old:
         path.unlink()
