@@ -244,7 +244,7 @@ def _common(p: argparse.ArgumentParser, steps: int = 50) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-def add_serving_commands(sub) -> None:
+def _sample_command(sub) -> None:
     p = sub.add_parser("sample", help="draw images from an exported model")
     _common(p)
     p.add_argument("--num", type=int, default=16)
@@ -260,6 +260,8 @@ def add_serving_commands(sub) -> None:
     p.add_argument("--individual", default=None, metavar="DIR", help="also write one PNG per image here")
     p.set_defaults(fn=cmd_sample)
 
+
+def _invert_command(sub) -> None:
     p = sub.add_parser("invert", help="DDIM-invert images to noise x_T and reconstruct them")
     _common(p)
     p.add_argument("images", nargs="+", metavar="IMAGE")
@@ -276,6 +278,8 @@ def add_serving_commands(sub) -> None:
     p.add_argument("--out", default="inversion", help="output folder")
     p.set_defaults(fn=cmd_invert)
 
+
+def _edit_command(sub) -> None:
     p = sub.add_parser("edit", help="class edit by inversion, or SDEdit with --strength")
     _common(p)
     p.add_argument("images", nargs="+", metavar="IMAGE")
@@ -293,6 +297,8 @@ def add_serving_commands(sub) -> None:
     p.add_argument("--out", default="edit", help="output folder")
     p.set_defaults(fn=cmd_edit)
 
+
+def _interpolate_command(sub) -> None:
     p = sub.add_parser("interpolate", help="slerp between two inverted images")
     _common(p)
     p.add_argument("image_a", metavar="IMAGE_A")
@@ -304,6 +310,8 @@ def add_serving_commands(sub) -> None:
     p.add_argument("--out", default="interpolation.png")
     p.set_defaults(fn=cmd_interpolate)
 
+
+def _serve_command(sub) -> None:
     p = sub.add_parser("serve", help="HTTP JSON server (sample / invert / edit / interpolate)")
     p.add_argument("--model", required=True)
     p.add_argument("--host", default="127.0.0.1", help="bind address (default: loopback only)")
@@ -315,6 +323,14 @@ def add_serving_commands(sub) -> None:
                    help="require `Authorization: Bearer <first line of F>` (or set LDM_SERVE_TOKEN)")
     p.set_defaults(fn=cmd_serve)
 
+
+
+def add_serving_commands(sub) -> None:
+    _sample_command(sub)
+    _invert_command(sub)
+    _edit_command(sub)
+    _interpolate_command(sub)
+    _serve_command(sub)
 
 __all__ = ["CLI", "add_serving_commands", "expand_classes", "expand_prompts", "load_noise", "replay_inversion",
            "save_noise", "server_token"]

@@ -76,12 +76,6 @@ class LDMPipeline:
         return make_sampler(SamplerConfig(name=name, num_steps=steps, eta=eta, spacing=spacing), self.schedule,
                             self.diffusion.prediction_type)
 
-    def _guidance(self, scale: float, cond) -> Guidance | None:
-        return self.conditioning.guidance(scale, cond)
-
-    def class_ids(self, classes: Sequence[ClassSpec] | None, n: int) -> torch.Tensor | None:
-        return self.conditioning.class_ids(classes, n)
-
     def latent_shape(self, n: int) -> tuple[int, int, int, int]:
         u = self.net.cfg
         return (n, u.in_channels, u.sample_size, u.sample_size)
@@ -107,7 +101,7 @@ class LDMPipeline:
         r = SampleRequest(num, classes, prompts, sampler, steps, eta, guidance, seed).check()
         cond = self.conditioning.condition(r.classes, r.prompts, r.num)
         # an unconditional draw would mix the null output with itself, at twice the cost
-        g = self._guidance(r.guidance, cond) if r.classes is not None or r.prompts is not None else None
+        g = self.conditioning.guidance(r.guidance, cond) if r.classes is not None or r.prompts is not None else None
         gen = torch.Generator(device="cpu").manual_seed(r.seed)
         z = sample(self.model_fn, self._sampler(r.sampler, r.steps, r.eta), self.latent_shape(r.num),
                    num_steps=r.steps, cond=cond, guidance=g, generator=gen, device=self.device, progress=progress,
@@ -146,7 +140,7 @@ class LDMPipeline:
                                             callback=callback)
             cond, g, nulls = fcond, ninv.guidance(), torch.stack(ninv.null_conds)
         else:
-            g = self._guidance(r.guidance, cond)
+            g = self.conditioning.guidance(r.guidance, cond)
         with torch.no_grad():
             zr = reconstruct(self.model_fn, s, inv, cond=cond, guidance=g, callback=callback)
         return inversion_result(self.codec, images, z0, inv.x_T, zr, null_embeddings=nulls)
@@ -170,7 +164,7 @@ class LDMPipeline:
         cond = self.conditioning.condition(classes, prompts, n)
         s = self._sampler("ddim", steps)
         if null_embeddings is None:
-            g = self._guidance(guidance, cond)
+            g = self.conditioning.guidance(guidance, cond)
         else:
             if cond is None or guidance == 1.0:
                 raise ValueError("null_embeddings only apply to a conditional model with guidance != 1 "
@@ -208,7 +202,7 @@ class LDMPipeline:
         keep = r.steps // 5 if r.keep_steps is None else r.keep_steps
         z0 = self.codec.encode(images)
         z = class_edit(self.model_fn, self._sampler("ddim", r.steps), z0, num_steps=r.steps, source_cond=src,
-                       target_cond=tgt, keep_steps=keep, guidance=self._guidance(r.guidance, tgt), callback=callback)
+                       target_cond=tgt, keep_steps=keep, guidance=self.conditioning.guidance(r.guidance, tgt), callback=callback)
         return self.codec.decode(z).clamp(-1, 1)
 
     @torch.no_grad()
@@ -226,7 +220,7 @@ class LDMPipeline:
         z0 = self.codec.encode(images)
         gen = torch.Generator(device="cpu").manual_seed(r.seed)
         z = sdedit(self.model_fn, self._sampler("ddim", r.steps), z0, num_steps=r.steps, strength=r.strength,
-                   cond=cond, guidance=self._guidance(r.guidance, cond), generator=gen, callback=callback)
+                   cond=cond, guidance=self.conditioning.guidance(r.guidance, cond), generator=gen, callback=callback)
         return self.codec.decode(z).clamp(-1, 1)
 
     @torch.no_grad()

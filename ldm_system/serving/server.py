@@ -164,6 +164,30 @@ def _flatten_validation(exc: RequestValidationError) -> str:
     return "; ".join(parts)
 
 
+def _add_guards(app: FastAPI, limits: ServerLimits, token: str | None) -> None:
+    """Checks that run before a body is read: its size, and the bearer token (when one is set)."""
+
+    @app.middleware("http")
+    async def _limit_body(request: Request, call_next):  # registered first, so it runs after _auth
+        size = request.headers.get("content-length")
+        if size is not None and size.isdigit() and int(size) > limits.max_body_bytes:
+            return JSONResponse(status_code=413, content={"detail": f"request body of {size} bytes exceeds the "
+                                                          f"server limit of {limits.max_body_bytes}"})
+        return await call_next(request)
+
+    if token is None:
+        return
+    expected = f"Bearer {token}".encode()
+
+    @app.middleware("http")
+    async def _auth(request: Request, call_next):  # before the body is read or anything is decoded
+        given = request.headers.get("authorization", "").encode()
+        if request.url.path != "/health" and not hmac.compare_digest(given, expected):
+            return JSONResponse(status_code=401, content={"detail": "missing or wrong bearer token"},
+                                headers={"WWW-Authenticate": "Bearer"})
+        return await call_next(request)
+
+
 def create_app(pipeline, limits: ServerLimits = ServerLimits(), token: str | None = None) -> FastAPI:
     """The FastAPI app serving an already-loaded pipeline (load it once, outside).
 
@@ -175,25 +199,7 @@ def create_app(pipeline, limits: ServerLimits = ServerLimits(), token: str | Non
     app = FastAPI(title="ldm-system", version="1",
                   summary="sample / invert / edit / interpolate with a latent diffusion model")
     app.state.handlers = h
-
-    @app.middleware("http")
-    async def _limit_body(request: Request, call_next):  # registered first, so it runs after _auth
-        size = request.headers.get("content-length")
-        if size is not None and size.isdigit() and int(size) > limits.max_body_bytes:
-            return JSONResponse(status_code=413, content={"detail": f"request body of {size} bytes exceeds the "
-                                                          f"server limit of {limits.max_body_bytes}"})
-        return await call_next(request)
-
-    if token is not None:
-        expected = f"Bearer {token}".encode()
-
-        @app.middleware("http")
-        async def _auth(request: Request, call_next):  # before the body is read or anything is decoded
-            given = request.headers.get("authorization", "").encode()
-            if request.url.path != "/health" and not hmac.compare_digest(given, expected):
-                return JSONResponse(status_code=401, content={"detail": "missing or wrong bearer token"},
-                                    headers={"WWW-Authenticate": "Bearer"})
-            return await call_next(request)
+    _add_guards(app, limits, token)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError):  # one readable line, not pydantic's list
@@ -203,26 +209,14 @@ def create_app(pipeline, limits: ServerLimits = ServerLimits(), token: str | Non
     async def _value_error(request: Request, exc: ValueError):  # the requests' and the model's rules
         return JSONResponse(status_code=422, content={"detail": str(exc)})
 
-    # Plain `def` endpoints: FastAPI runs them in its thread pool, so the event loop stays free
-    # (health checks answer) while a request holds the model lock.
+    # Plain (bound) `def` endpoints: FastAPI runs them in its thread pool, so the event loop stays
+    # free (health checks answer) while a request holds the model lock; it reads the body's schema
+    # from each handler's annotation.
     app.get("/health")(h.health)
-
-    @app.post("/sample")
-    def sample(req: SampleRequest) -> dict:
-        return h.sample(req)
-
-    @app.post("/invert")
-    def invert(req: InvertRequest) -> dict:
-        return h.invert(req)
-
-    @app.post("/edit")
-    def edit(req: EditRequest) -> dict:
-        return h.edit(req)
-
-    @app.post("/interpolate")
-    def interpolate(req: InterpolateRequest) -> dict:
-        return h.interpolate(req)
-
+    app.post("/sample")(h.sample)
+    app.post("/invert")(h.invert)
+    app.post("/edit")(h.edit)
+    app.post("/interpolate")(h.interpolate)
     return app
 
 

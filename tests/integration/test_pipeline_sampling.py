@@ -34,7 +34,7 @@ def test_dpm_solver_20_lands_near_ddim_50_from_the_same_noise(serving_pipe):
     """
     pipe = serving_pipe
     x_T = torch.randn(pipe.latent_shape(4), generator=torch.Generator().manual_seed(0))
-    cond = pipe.class_ids([0, 3, 5, 8], 4)
+    cond = pipe.conditioning.class_ids([0, 3, 5, 8], 4)
     ddim50 = _solve(pipe, "ddim", 50, x_T, cond)
     dpm20 = _solve(pipe, "dpm++2m", 20, x_T, cond)
     ddim20 = _solve(pipe, "ddim", 20, x_T, cond)

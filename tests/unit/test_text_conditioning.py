@@ -100,7 +100,7 @@ def test_guided_text_sampling_is_one_batched_call_per_step(pipe, enc, monkeypatc
 
 
 def test_guidance_is_u_plus_s_times_c_minus_u(pipe, enc):
-    g = pipe._guidance(3.0, enc.encode(["Bag"]))
+    g = pipe.conditioning.guidance(3.0, enc.encode(["Bag"]))
     torch.testing.assert_close(g.null_cond, enc.null())
     x, t = torch.randn(1, 3, 4, 4), torch.tensor([500])
     from ldm_system.diffusion.guidance import guided_output
