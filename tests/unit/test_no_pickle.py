@@ -13,9 +13,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 SCANNED = ("ldm_system", "autoencoders", "kernels", "tests", "benchmarks", "launch")
 PENDING = {
-    "ldm_system/serving/cli.py",  # x_T.pt / null embeddings: moving to safetensors (serving)
     "tests/distributed/test_engine_ddp.py",  # distributed tests (their owner)
     "tests/distributed/test_ldm_zero.py",
+    "tests/distributed/test_two_machines.py",  # reads DeepSpeed's optimizer file, a pickle the test wrote
     "benchmarks/autoencoder.py",  # benchmarks (their owner)
 }
 
