@@ -240,6 +240,12 @@ def test_serve_port_out_of_range_is_one_line(serving_model_dir, capsys, port):
     assert error_line(err) == f"ldm serve: error: --port must lie in 1..65535, got {port}"
 
 
+def test_serve_without_a_model_folder_is_one_line(tmp_path, capsys):
+    code, _, err = run(capsys, "serve", "--model", tmp_path / "nope")
+    assert code == 2 and "Traceback" not in err
+    assert "is not an exported ldm-system model" in error_line(err)
+
+
 def test_side_files_never_unpickle_code(tmp_path):
     """x_T / null-embedding files are safetensors; an old-style .pt is read with weights_only=True, so
     a pickle that would run code is refused (and does not run), and a truncated file names itself."""
