@@ -148,7 +148,7 @@ def breakdown_table(sizes: list[ModelSize], gpus: int = GPUS[0]) -> str:
             b = model_state_bytes(s.params, gpus, stage)
             rows.append([s.name, stage, *[gib(b[k]) for k in ("weights", "grads", "optim", "ema", "total", "step_extra")]])
     return table(["model", "mode", "weights", "grads", "optim (master + m + v)", "EMA", "total",
-                  "+ step buffers (not in total)"], rows)
+                  "+ buffers (not in total)"], rows)
 
 
 def scaling_table(sizes: list[ModelSize], gpus: tuple[int, ...] = GPUS) -> str:

@@ -11,7 +11,8 @@ the project's launch/deepspeed/zeroN.json; "zero3-tuned" = zero3.json with the b
 this model, see ZERO3_TUNING), running the real engine (`Trainer.train_step` with `DiffusionTask`,
 the task's AdamW passed to DeepSpeed from the client side) on 8x8x3 random latents, batch 2, once
 in fp32 and once with `--mixed_precision bf16` given to the launcher (what GPU runs use: DDP keeps
-fp32 weights under autocast; DeepSpeed keeps bf16 weights/gradients and an fp32 master copy).
+fp32 weights under autocast; DeepSpeed keeps bf16 weights/gradients and an fp32 master copy). The
+engine takes the precision from the launcher; a run that used another one is an error.
 Memory does not depend on timing, so the modes run one after the other.
 
 When: on the third training step, at three moments:
@@ -41,7 +42,6 @@ Process RSS (everything, libraries included) is printed as a cross-check.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 import tempfile
@@ -183,15 +183,9 @@ def worker(args) -> None:
     unet = unet_config(8, 3, parse_ints(args.widths), parse_bools(args.attention), args.layers)
     base = diffusion_task(unet)
     task = Task(base.unet_cfg, base.diff_cfg, base.optim_cfg, base.codec, "latent")
-    # The launcher's --mixed_precision is the source of truth; the worker repeats the same value
-    # (an EngineConfig whose precision defaults to "take the launcher's" accepts that too).
-    cfg_kw = dict(out_dir=args.out_dir, steps=10, progress=False, log_every=1000, mixed_precision=args.precision)
-    trainer_kw = {}
-    if "batch_size" in {f.name for f in dataclasses.fields(EngineConfig)}:
-        cfg_kw["batch_size"] = 2
-    else:  # the micro-batch is a Trainer argument
-        trainer_kw["micro_batch"] = 2
-    trainer = Trainer(task, [], EngineConfig(**cfg_kw), **trainer_kw)
+    # Mixed precision comes from the launcher (`--mixed_precision`); main() checks what the run used.
+    cfg = EngineConfig(out_dir=args.out_dir, steps=10, progress=False, log_every=1000)
+    trainer = Trainer(task, [], cfg, micro_batch=2)
     result: dict = {}
     armed = {"forward": False, "step": False}
 
@@ -215,7 +209,7 @@ def worker(args) -> None:
     armed["step"] = False
     result["between"] = snapshot(trainer, task.adamw)  # after zero_grad: what stays for the whole run
     rank = trainer.accelerator.process_index
-    result.update(rank=rank, world=trainer.accelerator.num_processes)
+    result.update(rank=rank, world=trainer.accelerator.num_processes, precision=trainer.accelerator.mixed_precision)
     Path(args.out_dir, f"mem_rank{rank}.json").write_text(json.dumps(result))
     trainer.close()
 
@@ -230,7 +224,6 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="only DDP and the two ZeRO-3 variants")
     ap.add_argument("--save", default="", help="write the raw per-rank snapshots to this JSON file")
     ap.add_argument("--load", default="", help="print the tables of a --save file instead of launching")
-    ap.add_argument("--precision", default="no", help=argparse.SUPPRESS)
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--out-dir", default="", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -268,10 +261,13 @@ def launch_mode(mode: str, precision: str, args) -> list[dict]:
             ds_json = Path(tmp, "zero3-tuned.json")
             ds_json.write_text(json.dumps(tuned_zero3_config(), indent=2))
         accelerate_launch(Path(__file__), ["--worker", "--out-dir", tmp, "--widths", args.widths,
-                                           "--attention", args.attention, "--layers", str(args.layers),
-                                           "--precision", precision],
+                                           "--attention", args.attention, "--layers", str(args.layers)],
                           mode.split("-")[0], procs=2, ds_json=ds_json, precision=precision)
-        return [json.loads(Path(tmp, f"mem_rank{r}.json").read_text()) for r in range(2)]
+        ranks = [json.loads(Path(tmp, f"mem_rank{r}.json").read_text()) for r in range(2)]
+    used = {r["precision"] for r in ranks}
+    if used != {precision}:
+        raise RuntimeError(f"{mode}: launched with --mixed_precision {precision}, the engine ran {sorted(used)}")
+    return ranks
 
 
 

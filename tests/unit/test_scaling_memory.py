@@ -57,13 +57,13 @@ def test_accounting_matches_hand_count(sm):
 
 def test_zero2_agrees_with_deepspeed_and_its_printed_table(sm):
     size = sm.ModelSize("m", params=800_000_000, largest_layer=30_000_000)
-    for n in (8, 64):
+    for n in (8, 256):
         ours = sm.model_state_bytes(size.params, n, "zero2")
         ds = sm.deepspeed_estimate(size, n, "zero2")
         # DeepSpeed: 2Ψ + 18Ψ/N = ours without EMA, plus the fp32 gradient partition of the step.
         assert ds == pytest.approx(ours["total"] - ours["ema"] + ours["step_extra"], abs=1)
-        for stage in ("zero2", "zero3"):
-            assert sm.printed_estimate(size, n, stage) == pytest.approx(sm.deepspeed_estimate(size, n, stage) / 2**30, abs=0.006)
+    for stage in ("zero2", "zero3"):
+        assert sm.printed_estimate(size, 64, stage) == pytest.approx(sm.deepspeed_estimate(size, 64, stage) / 2**30, abs=0.006)
     assert sm.deepspeed_estimate(size, 8, "zero1") is None
 
 
