@@ -17,6 +17,17 @@ HELD_OUT_START = 9000  # the model trains on the first 2000 test images; these i
 
 
 @pytest.fixture(scope="session")
+def shards(tmp_path_factory) -> Path:
+    """256 Fashion-MNIST test images at 32x32 in 4 shards, packed once: the baselines' training data
+    (read only; a module that needs other data defines its own `shards`)."""
+    from ldm_system.data.pack import pack
+
+    out = tmp_path_factory.mktemp("fmnist") / "test"
+    pack("builtin:fashion-mnist", out, image_size=32, split="test", limit=256, shard_size=64)
+    return out
+
+
+@pytest.fixture(scope="session")
 def serving_model_dir(tmp_path_factory) -> Path:
     root = os.environ.get("LDM_TEST_MODEL_DIR")
     root = Path(root) if root else tmp_path_factory.mktemp("serving_model")

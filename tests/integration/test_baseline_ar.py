@@ -28,15 +28,6 @@ def _sdpa_backend():
     kernels.set_backend(previous)
 
 
-@pytest.fixture(scope="module")
-def shards(tmp_path_factory) -> Path:
-    from ldm_system.data.pack import pack
-
-    out = tmp_path_factory.mktemp("ar_data") / "fmnist"
-    pack("builtin:fashion-mnist", out, image_size=32, split="test", limit=256, shard_size=64)
-    return out
-
-
 def _cfg(shards: Path, out: Path, steps: int) -> ARRunConfig:
     return load_config(ARRunConfig, DEBUG, [f"data.shards={shards}", f"train.out_dir={out}", f"train.steps={steps}"])
 

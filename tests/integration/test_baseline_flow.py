@@ -19,15 +19,6 @@ ROOT = Path(__file__).resolve().parents[2]
 DEBUG = ROOT / "configs" / "baselines" / "flow-debug.yaml"
 
 
-@pytest.fixture(scope="module")
-def shards(tmp_path_factory) -> Path:
-    from ldm_system.data.pack import pack
-
-    out = tmp_path_factory.mktemp("fmnist") / "test"
-    pack("builtin:fashion-mnist", out, image_size=32, split="test", limit=256, shard_size=64)
-    return out
-
-
 def _cfg(shards: Path, out: Path, *extra: str) -> FlowRunConfig:
     return load_config(FlowRunConfig, DEBUG, [f"data.shards={shards}", f"train.out_dir={out}", *extra])
 

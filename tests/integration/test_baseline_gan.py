@@ -21,15 +21,6 @@ DEBUG = ROOT / "configs" / "baselines" / "gan-debug.yaml"
 FMNIST = ROOT / "configs" / "baselines" / "gan-fmnist.yaml"
 
 
-@pytest.fixture(scope="module")
-def shards(tmp_path_factory) -> Path:
-    from ldm_system.data.pack import pack
-
-    out = tmp_path_factory.mktemp("gan_data") / "fmnist"
-    pack("builtin:fashion-mnist", out, image_size=32, split="test", limit=256, shard_size=64)
-    return out
-
-
 def _cfg(shards: Path, out: Path, steps: int, *extra: str) -> GANRunConfig:
     return load_config(GANRunConfig, DEBUG,
                        [f"data.shards={shards}", f"train.out_dir={out}", f"train.steps={steps}", *extra])
