@@ -258,7 +258,8 @@ def _ae_levels(v: dict[str, Any], key: Key) -> str | None:
 def _ae_image_size(v: dict[str, Any], key: Key) -> str | None:
     size, f = v["data"].image_size, v["model"].f
     if size is not None and size % f:
-        return f"{key('data.image_size')} = {size} is not divisible by {key('model.f')} = {f}, the autoencoder's downsampling"
+        return (f"{key('data.image_size')} = {size} is not divisible by {key('model.f')} = {f}, "
+                "the autoencoder's downsampling")
     return None
 
 

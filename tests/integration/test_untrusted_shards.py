@@ -33,8 +33,9 @@ def test_training_never_runs_a_shard_name(tmp_path: Path, spec: str) -> None:
     pack(str(src), data, shard_size=4, image_size=32, channels=1)
     (data / "manifest.json").unlink()  # a folder of *.tar: its listing is what gets read
     (data / HOSTILE).write_bytes(b"")
-    overrides = [f"data.shards={'.' if spec == '.' else data}", "model.num_classes=0", f"train.out_dir={tmp_path / 'run'}",
-                 "train.steps=2", "preview.num_images=4", "preview.bn_batches=1", "bn_batches=1"]
+    shards = "." if spec == "." else str(data)
+    overrides = [f"data.shards={shards}", "model.num_classes=0", f"train.out_dir={tmp_path / 'run'}", "train.steps=2",
+                 "preview.num_images=4", "preview.bn_batches=1", "bn_batches=1"]
     cmd = [sys.executable, "-m", "ldm_system.cli", "train-baseline", "gan", "--config",
            str(ROOT / "configs" / "baselines" / "gan-debug.yaml")]
     for o in overrides:
