@@ -20,9 +20,8 @@ from pathlib import Path
 from safetensors.torch import load_file
 
 from ldm_system.config import load_config, to_dict
+from ldm_system.models.exported import LDM_META
 from ldm_system.models.unet import build_unet
-
-LDM_META = "ldm.json"
 
 
 def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, use_ema: bool = True) -> Path:
