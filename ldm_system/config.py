@@ -24,7 +24,12 @@ T = TypeVar("T")
 
 
 class ConfigError(ValueError):
-    """A config file or override does not fit the typed config."""
+    """A config file or override does not fit the typed config. `key` is the dotted key at fault,
+    when one is."""
+
+    def __init__(self, message: str, key: str | None = None) -> None:
+        super().__init__(message)
+        self.key = key
 
 
 def load_config(cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None) -> T:
@@ -45,7 +50,14 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
             raise ConfigError(f"{path}: the top level must be a mapping, got {type(raw).__name__}")
     for item in overrides or []:
         _apply_override(raw, item)
-    return from_dict(cls, raw, source=source)
+    try:
+        return from_dict(cls, raw, source=source)
+    except ConfigError as e:
+        # The message names the file; say so when the value came from the command line instead.
+        given = {item.partition("=")[0].strip(): item for item in overrides or []}
+        if e.key in given:
+            raise ConfigError(f"{e} (given as --set {given[e.key]})", e.key) from None
+        raise
 
 
 def _apply_override(raw: dict[str, Any], item: str) -> None:
@@ -96,7 +108,7 @@ def from_dict(cls: type[T], data: Any, source: str = "<dict>", where: str = "") 
         key = f"{where}.{name}" if where else name
         kwargs[name] = _coerce(hints[name], value, source, key)
         if problem := ranges.range_problem(cls, name, kwargs[name], key):
-            raise ConfigError(f"{source}: {problem}")
+            raise ConfigError(f"{source}: {problem}", key)
     if problems := ranges.relation_problems(cls, kwargs, where):
         raise ConfigError(f"{source}: {problems[0]}")
     try:

@@ -136,3 +136,9 @@ def test_a_bad_value_in_the_file_itself(tmp_path: Path) -> None:
 def test_a_missing_required_key_says_how_to_give_it(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="missing required key 'data' in top level; .* --set data=..."):
         load_config(AERunConfig, CONFIGS / "autoencoder" / "kl-f4-debug.yaml")
+
+
+def test_a_value_from_set_says_so() -> None:
+    with pytest.raises(ConfigError) as e:
+        load_config(LDMRunConfig, LDM, ["train.steps=0"])
+    assert str(e.value) == f"{LDM}: train.steps = 0 is out of range: must be >= 1 (given as --set train.steps=0)"
