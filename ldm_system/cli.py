@@ -45,6 +45,12 @@ def cmd_data_pack(a: argparse.Namespace) -> int:
 
 
 def cmd_data_encode(a: argparse.Namespace) -> int:
+    from ldm_system.data.manifest import read_manifest
+    from ldm_system.data.writer import check_out_dir
+
+    # A missing input or a taken output folder shows at once, before torch and the autoencoder load.
+    read_manifest(a.shards)
+    check_out_dir(Path(a.out_dir), a.overwrite)
     from ldm_system.data.encode import encode_shards
 
     m = encode_shards(a.autoencoder, a.shards, a.out_dir, batch_size=a.batch_size, shard_size=a.shard_size,
