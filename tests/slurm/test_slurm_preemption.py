@@ -110,7 +110,7 @@ def _export(run: Path, out: Path, raw: bool) -> dict[str, torch.Tensor]:
     return tensors
 
 
-@pytest.mark.parametrize("accel", ["multi_node"])
+@pytest.mark.parametrize("accel", ["multi_node", "zero2"])  # DDP, DeepSpeed ZeRO-2
 def test_preempted_job_requeues_and_matches_uninterrupted(slurm_env, tmp_path, accel):
     t_start = time.monotonic()
     latents = build_debug_latents(tmp_path / "data")
