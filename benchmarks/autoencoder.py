@@ -311,7 +311,7 @@ def main() -> None:
               f"curve {r['psnr_curve']}", flush=True)
 
     grid = images[: args.grid_images]
-    recons = {n: torch.load(run_dir(args, VARIANTS[n[0]]) / "grid_recon.pt") for n in results}
+    recons = {n: torch.load(run_dir(args, VARIANTS[n[0]]) / "grid_recon.pt", weights_only=True) for n in results}
     save_comparison(grid, recons, OUT / f"{prefix(args)}comparison.png")
     base = load_config(AERunConfig, args.config, [f"train.steps={args.steps}", *args.set])
     report = {

@@ -29,6 +29,8 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set train.steps=100 (repeatable)")
     p.add_argument("--resume", default=None, help="'latest' or a checkpoint folder")
+    p.add_argument("--resume-weights-only", action="store_true",
+                   help="with --resume: load only the checkpoint's consolidated weights (new optimizer state)")
 
 
 # ---- data ---------------------------------------------------------------------------------
@@ -65,7 +67,7 @@ def cmd_train_ae(a: argparse.Namespace) -> int:
     from ldm_system.train.runs import AERunConfig, run_autoencoder
 
     cfg = load_config(AERunConfig, a.config, a.overrides)
-    out = run_autoencoder(cfg, resume=a.resume)
+    out = run_autoencoder(cfg, resume=a.resume, resume_weights_only=a.resume_weights_only)
     print(f"autoencoder: {out}")
     return 0
 
@@ -92,7 +94,7 @@ def cmd_train(a: argparse.Namespace) -> int:
     from ldm_system.train.runs import LDMRunConfig, run_ldm
 
     cfg = load_config(LDMRunConfig, a.config, a.overrides)
-    run_ldm(cfg, resume=a.resume, init_from=a.init_from).close()
+    run_ldm(cfg, resume=a.resume, init_from=a.init_from, resume_weights_only=a.resume_weights_only).close()
     return 0
 
 
@@ -106,6 +108,8 @@ def cmd_export(a: argparse.Namespace) -> int:
 
 # ---- baselines and the cross-family report ---------------------------------------------------------
 def cmd_train_baseline(a: argparse.Namespace) -> int:
+    if a.resume_weights_only:
+        raise ValueError("--resume-weights-only is not supported for baselines; use --resume latest")
     from ldm_system.baselines.registry import lookup
 
     family = lookup(a.family)

@@ -40,6 +40,18 @@ def _local_slice(full: torch.Tensor, p: torch.nn.Parameter, n: int) -> torch.Ten
     return torch.cat([piece, piece.new_zeros(n - piece.numel())])
 
 
+def _valid_length(p: torch.nn.Parameter) -> int | None:
+    """Elements of this rank's ZeRO-3 shard that belong to the parameter (the rest is padding)."""
+    shard = getattr(p, "ds_tensor", None)
+    if shard is None:
+        return None
+    import torch.distributed as dist
+
+    rank = dist.get_rank(group=getattr(p, "ds_process_group", None)) if dist.is_initialized() else 0
+    n = shard.numel()
+    return max(0, min(n, int(p.ds_numel) - rank * n))
+
+
 class EMA:
     def __init__(self, model: nn.Module, decay: float = 0.9999, warmup: bool = True) -> None:
         if not 0.0 <= decay < 1.0:
@@ -48,7 +60,9 @@ class EMA:
         self.warmup = warmup
         self.num_updates = 0
         self._params = [p for p in model.parameters() if p.requires_grad]
+        self._valid = [_valid_length(p) for p in self._params]
         self.shadow = [_local_view(p).detach().clone().float() for p in self._params]
+        self._zero_padding()
 
     def current_decay(self) -> float:
         if not self.warmup:
@@ -61,7 +75,15 @@ class EMA:
         d = self.current_decay()
         for s, p in zip(self.shadow, self._params):
             s.lerp_(_local_view(p).float(), 1.0 - d)  # s ← d·s + (1−d)·θ
+        self._zero_padding()
         self.num_updates += 1
+
+    def _zero_padding(self) -> None:
+        """ZeRO-3 pads the last rank's shards; DeepSpeed leaves whatever was in memory there. Keep the
+        shadow's padding at zero so EMA shards are reproducible (and compare bit for bit on resume)."""
+        for s, valid in zip(self.shadow, self._valid):
+            if valid is not None and valid < s.numel():
+                s.view(-1)[valid:] = 0
 
     @torch.no_grad()
     def _exchange(self) -> None:

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Literal, Optional
 
 import torch
+from accelerate.utils import set_seed
 from safetensors.torch import load_file, save_file
 
 from ldm_system.config import dump_config
@@ -107,7 +108,9 @@ class Trainer:
                       f"micro-batch {micro_batch}")
         if callable(stream) and not hasattr(stream, "__iter__"):  # a factory: (rank, world) → stream
             self.stream = stream(acc.process_index, acc.num_processes)
-        torch.manual_seed(cfg.seed + acc.process_index)  # same init on all ranks comes from DDP broadcast
+        # torch, numpy and python RNGs, per rank (the same initial weights on all ranks come from DDP's
+        # broadcast); all three are in every checkpoint, so seeding them all makes checkpoints comparable.
+        set_seed(cfg.seed + acc.process_index)
         if hasattr(task, "to_device"):
             task.to_device(acc.device)  # frozen helpers (autoencoder, text encoder) stay unwrapped
         modules = task.build()
@@ -148,8 +151,18 @@ class Trainer:
 
     # ---- checkpoints -----------------------------------------------------------------------
     def save(self) -> Path:
+        tmp = ckpt.tmp_dir(self.out / "checkpoints", self.step)
+        try:
+            return self._save(tmp)
+        except BaseException:
+            # A full disk or a crash on another rank: give the space back; `latest` still names the
+            # previous complete checkpoint, because nothing was committed.
+            if self.accelerator.is_main_process:
+                shutil.rmtree(tmp, ignore_errors=True)
+            raise
+
+    def _save(self, tmp: Path) -> Path:
         acc, root = self.accelerator, self.out / "checkpoints"
-        tmp = ckpt.tmp_dir(root, self.step)
         if acc.is_main_process:
             if tmp.exists():  # a leftover of a run killed while writing this very step
                 shutil.rmtree(tmp)

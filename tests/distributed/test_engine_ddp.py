@@ -29,7 +29,7 @@ def test_ddp_two_ranks_matches_one(tmp_path):
     assert sum(one[-4:]) < sum(one[:4])  # it trains
     for a, b in zip(one, two):
         assert a == pytest.approx(b, rel=1e-4, abs=1e-6)
-    w1 = torch.load(tmp_path / "one" / "final.pt")["state"]
-    w2 = torch.load(tmp_path / "two" / "final.pt")["state"]
+    w1 = torch.load(tmp_path / "one" / "final.pt", weights_only=True)["state"]
+    w2 = torch.load(tmp_path / "two" / "final.pt", weights_only=True)["state"]
     for k in w1:
         torch.testing.assert_close(w1[k], w2[k], rtol=1e-4, atol=1e-5)

@@ -36,10 +36,10 @@ def test_zero_train_checkpoint_resume_export(stage, latents, tmp_path):
               "--set=preview.steps=2"]
     accelerate(["tests/distributed/ldm_run.py", str(LDM_DEBUG), *common, "--set=train.steps=4"], mode=stage,
                mixed_precision="bf16" if precision else None)
-    first = torch.load(out / "gathered.pt")
+    first = torch.load(out / "gathered.pt", weights_only=True)
     accelerate(["tests/distributed/ldm_run.py", str(LDM_DEBUG), *common, "--set=train.steps=6", "--resume=latest"],
                mode=stage, mixed_precision="bf16" if precision else None)
-    run = torch.load(out / "gathered.pt")
+    run = torch.load(out / "gathered.pt", weights_only=True)
 
     assert run["step"] == 6 and json.loads((out / "checkpoints" / "step_00000006" / "trainer.json").read_text())["step"] == 6
     steps = [json.loads(l)["step"] for l in (out / "metrics.jsonl").read_text().splitlines()]
@@ -79,7 +79,7 @@ def test_text_model_under_zero2_bf16(latents, tmp_path):
                 "--set=train.mixed_precision=bf16", "--set=train.steps=3", "--set=train.ckpt_every=2",
                 "--set=train.log_every=1", "--set=data.batch_size=4", "--set=preview.num_images=2",
                 "--set=preview.steps=2", "--set=diffusion.cond_drop_prob=0.5"], mode="zero2", mixed_precision="bf16")
-    run = torch.load(out / "gathered.pt")
+    run = torch.load(out / "gathered.pt", weights_only=True)
     assert run["step"] == 3 and run["ema_updates"] == 3
     assert all(torch.isfinite(v.float()).all() for v in run["state"].values())
     logs = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]

@@ -2,8 +2,7 @@
 `weights_only=True`, so a `.pt` file we did not write cannot run code when it is read.
 
 The scan is syntactic (every call spelled `torch.load(...)`), over our packages, tests, benchmarks
-and launch scripts. A file in PENDING is owned by another change in flight; remove it from the list
-once its calls are fixed (the test then keeps it fixed).
+and launch scripts. PENDING lists the files allowed a full-pickle load, each with its reason.
 """
 from __future__ import annotations
 
@@ -13,10 +12,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 SCANNED = ("ldm_system", "autoencoders", "kernels", "tests", "benchmarks", "launch")
 PENDING = {
-    "tests/distributed/test_engine_ddp.py",  # distributed tests (their owner)
-    "tests/distributed/test_ldm_zero.py",
-    "tests/distributed/test_two_machines.py",  # reads DeepSpeed's optimizer file, a pickle the test wrote
-    "benchmarks/autoencoder.py",  # benchmarks (their owner)
+    # Reads DeepSpeed's optimizer shards, pickles that the test's own runs wrote a moment before, to
+    # compare Adam moments bit for bit after a resume; DeepSpeed stores more than tensors there.
+    "tests/distributed/test_two_machines.py",
 }
 
 
