@@ -33,6 +33,13 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
                    help="with --resume: load only the checkpoint's consolidated weights (new optimizer state)")
 
 
+def _load_run_config(cls: type, a: argparse.Namespace):
+    """The run config from --config and --set, each value checked against the range table as it is read."""
+    from ldm_system.config_ranges import CHECKS  # names every family's config classes
+
+    return load_config(cls, a.config, a.overrides, checks=CHECKS)
+
+
 # ---- data ---------------------------------------------------------------------------------
 def cmd_data_pack(a: argparse.Namespace) -> int:
     from ldm_system.data.pack import pack
@@ -66,7 +73,7 @@ def cmd_data_encode(a: argparse.Namespace) -> int:
 def cmd_train_ae(a: argparse.Namespace) -> int:
     from ldm_system.train.runs import AERunConfig, run_autoencoder
 
-    cfg = load_config(AERunConfig, a.config, a.overrides)
+    cfg = _load_run_config(AERunConfig, a)
     out = run_autoencoder(cfg, resume=a.resume, resume_weights_only=a.resume_weights_only)
     print(f"autoencoder: {out}")
     return 0
@@ -93,7 +100,7 @@ def cmd_eval_ae(a: argparse.Namespace) -> int:
 def cmd_train(a: argparse.Namespace) -> int:
     from ldm_system.train.runs import LDMRunConfig, run_ldm
 
-    cfg = load_config(LDMRunConfig, a.config, a.overrides)
+    cfg = _load_run_config(LDMRunConfig, a)
     run_ldm(cfg, resume=a.resume, init_from=a.init_from, resume_weights_only=a.resume_weights_only).close()
     return 0
 
@@ -113,7 +120,7 @@ def cmd_train_baseline(a: argparse.Namespace) -> int:
     from ldm_system.baselines.registry import lookup
 
     family = lookup(a.family)
-    cfg = load_config(family.config, a.config, a.overrides)
+    cfg = _load_run_config(family.config, a)
     print(f"{a.family}: model written to {family.run(cfg, resume=a.resume)}")
     return 0
 

@@ -5,8 +5,8 @@ knows how to fill a dataclass tree from YAML and `--set a.b=value` overrides:
 
 - an unknown key fails, naming the key, the file and the valid keys;
 - a value of the wrong type fails the same way (ints are accepted where floats are expected);
-- a value out of its range (the one table in `config_ranges.py`) fails naming the dotted key, the
-  file, the value and the allowed range;
+- a value out of its range fails naming the dotted key, the file, the value and the allowed range,
+  when the caller passes the range table in (`checks=`; the table is `config_ranges.CHECKS`);
 - the resolved tree can be written back as YAML into the run folder (`dump_config`).
 
 There is no `target:` indirection: the dataclass type decides what gets built.
@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import dataclasses
 import types
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
 
@@ -32,8 +34,27 @@ class ConfigError(ValueError):
         self.key = key
 
 
-def load_config(cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None) -> T:
-    """Read `path` (YAML) into `cls`, then apply `overrides` ("a.b=value", value parsed as YAML)."""
+@dataclass(frozen=True)
+class Checks:
+    """Value checks that `from_dict` runs while it reads, before a class is built, so the message
+    names the key and the file. `range_problem(cls, field, value, key)` and
+    `relation_problems(cls, values, where)` return what is wrong (None / []).
+
+    Why passed in: the range table names every config class by type, so it sits above all of them
+    (`ldm_system/config_ranges.py`), while this module is the bottom floor and imports nothing of
+    ours. The loaders at the top (the CLI, the demo, benchmarks) pass `config_ranges.CHECKS`."""
+
+    range_problem: Callable[[type, str, Any, str], str | None]
+    relation_problems: Callable[[type, dict[str, Any], str], list[str]]
+
+
+NO_CHECKS = Checks(lambda cls, name, value, key: None, lambda cls, given, where: [])
+
+
+def load_config(cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None,
+                checks: Checks = NO_CHECKS) -> T:
+    """Read `path` (YAML) into `cls`, then apply `overrides` ("a.b=value", value parsed as YAML);
+    `checks` judge each value as it is read."""
     raw: dict[str, Any] = {}
     source = "<defaults>"
     if path is not None:
@@ -51,7 +72,7 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
     for item in overrides or []:
         _apply_override(raw, item)
     try:
-        return from_dict(cls, raw, source=source)
+        return from_dict(cls, raw, source=source, checks=checks)
     except ConfigError as e:
         # The message names the file; say so when the value came from the command line instead.
         given = {item.partition("=")[0].strip(): item for item in overrides or []}
@@ -80,8 +101,8 @@ def _apply_override(raw: dict[str, Any], item: str) -> None:
     node[keys[-1]] = value
 
 
-def from_dict(cls: type[T], data: Any, source: str = "<dict>", where: str = "") -> T:
-    """Build dataclass `cls` from a mapping, strictly."""
+def from_dict(cls: type[T], data: Any, source: str = "<dict>", where: str = "", checks: Checks = NO_CHECKS) -> T:
+    """Build dataclass `cls` from a mapping, strictly; `checks` judge each value as it is read."""
     if not dataclasses.is_dataclass(cls):
         raise TypeError(f"{cls} is not a dataclass")
     label = where or "top level"
@@ -102,14 +123,13 @@ def from_dict(cls: type[T], data: Any, source: str = "<dict>", where: str = "") 
     if missing:
         key = f"{where}.{missing[0]}" if where else missing[0]
         raise ConfigError(f"{source}: missing required key {key!r} in {label}; add it to the file or pass --set {key}=...")
-    ranges = _ranges()
     kwargs = {}
     for name, value in data.items():
         key = f"{where}.{name}" if where else name
-        kwargs[name] = _coerce(hints[name], value, source, key)
-        if problem := ranges.range_problem(cls, name, kwargs[name], key):
+        kwargs[name] = _coerce(hints[name], value, source, key, checks)
+        if problem := checks.range_problem(cls, name, kwargs[name], key):
             raise ConfigError(f"{source}: {problem}", key)
-    if problems := ranges.relation_problems(cls, kwargs, where):
+    if problems := checks.relation_problems(cls, kwargs, where):
         raise ConfigError(f"{source}: {problems[0]}")
     try:
         return cls(**kwargs)
@@ -117,19 +137,10 @@ def from_dict(cls: type[T], data: Any, source: str = "<dict>", where: str = "") 
         raise ConfigError(f"{source}: {label}: {e}") from None
 
 
-def _ranges() -> Any:
-    """The range table, `ldm_system/config_ranges.py`, imported on first use: it names the config
-    dataclasses by type, so it imports the modules that define them, which all sit above this one
-    (importing it at the top would make a cycle). Checked while reading, before a class is built."""
-    from ldm_system import config_ranges
-
-    return config_ranges
-
-
-def _coerce(tp: Any, value: Any, source: str, key: str) -> Any:
+def _coerce(tp: Any, value: Any, source: str, key: str, checks: Checks = NO_CHECKS) -> Any:
     origin = get_origin(tp)
     if dataclasses.is_dataclass(tp):
-        return from_dict(tp, value, source, key)
+        return from_dict(tp, value, source, key, checks)
     if tp is Any:
         return value
     if origin in (Union, types.UnionType):
@@ -141,7 +152,7 @@ def _coerce(tp: Any, value: Any, source: str, key: str) -> Any:
             if arg is type(None):
                 continue
             try:
-                return _coerce(arg, value, source, key)
+                return _coerce(arg, value, source, key, checks)
             except ConfigError as e:
                 errors.append(str(e))
         raise ConfigError(errors[-1] if errors else f"{source}: {key}: bad value {value!r}")
@@ -157,10 +168,10 @@ def _coerce(tp: Any, value: Any, source: str, key: str) -> Any:
         if origin is tuple and args and args[-1] is not Ellipsis:
             if len(args) != len(value):
                 raise ConfigError(f"{source}: {key} must have {len(args)} items, got {len(value)}")
-            items = [_coerce(a, v, source, f"{key}[{i}]") for i, (a, v) in enumerate(zip(args, value))]
+            items = [_coerce(a, v, source, f"{key}[{i}]", checks) for i, (a, v) in enumerate(zip(args, value))]
         else:
             inner = args[0] if args else Any
-            items = [_coerce(inner, v, source, f"{key}[{i}]") for i, v in enumerate(value)]
+            items = [_coerce(inner, v, source, f"{key}[{i}]", checks) for i, v in enumerate(value)]
         return tuple(items) if origin is tuple else items
     if origin is dict:
         if not isinstance(value, dict):
@@ -212,4 +223,4 @@ def dump_config(cfg: Any, path: str | Path) -> None:
     Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
 
 
-__all__ = ["ConfigError", "load_config", "from_dict", "to_dict", "dump_config"]
+__all__ = ["Checks", "ConfigError", "NO_CHECKS", "load_config", "from_dict", "to_dict", "dump_config"]

@@ -1,8 +1,9 @@
 """The allowed range of every numeric config value, in one table.
 
-`ldm_system.config.from_dict` consults this table while it reads a YAML file, `--set` overrides or
-a model folder's JSON, so a value that would make no work (or nonsense) fails before anything is
-built, with the full dotted key, the file, the value and what is allowed:
+`ldm_system.config.load_config` / `from_dict` consult this table (as `CHECKS`, passed in by the
+top-level loaders: the CLI, the demo, benchmarks) while they read a YAML file or `--set` overrides,
+so a value that would make no work (or nonsense) fails before anything is built, with the full
+dotted key, the file, the value and what is allowed:
 
     configs/ldm/fmnist-kl-f4.yaml: train.steps = 0 is out of range: must be >= 1
 
@@ -20,9 +21,8 @@ the table is checked first, so its message is the one a user sees.
 
 Why a module of its own: the table names the config classes by type, so it imports the modules that
 define them (data, models, diffusion, train, baselines, autoencoders). `ldm_system.config` sits
-below all of them and must not import them: it imports this module lazily, on the first dataclass
-it reads. By then the caller has imported its own config classes; the table adds the other
-families' modules, once per process.
+below all of them and imports nothing of ours, so the table travels the other way: a loader at the
+top passes `checks=CHECKS` to `load_config`.
 """
 from __future__ import annotations
 
@@ -44,6 +44,7 @@ from ldm_system.baselines.autoregressive import AROptimConfig, ARPreviewConfig, 
 from ldm_system.baselines.flow import FlowModelConfig, FlowOptimConfig, FlowPreviewConfig, FlowRunConfig
 from ldm_system.baselines.gan import GANLossConfig, GANOptimConfig, GANPreviewConfig, GANRunConfig
 from ldm_system.baselines.gan_models import GANModelConfig
+from ldm_system.config import Checks
 from ldm_system.data.pack import PackConfig
 from ldm_system.data.stream import StreamConfig
 from ldm_system.diffusion.config import DiffusionConfig
@@ -106,7 +107,7 @@ RANGES: dict[type, dict[str, Range]] = {
         "limit": AT_LEAST_1,
         "num_samples": AT_LEAST_1,
     },
-    # ---- the engine (batch_size and mixed_precision are leaving EngineConfig) --------------
+    # ---- the engine (the micro-batch is data.batch_size; precision is a Literal) ----------
     EngineConfig: {
         "steps": AT_LEAST_1,
         "grad_accum": AT_LEAST_1,
@@ -120,6 +121,7 @@ RANGES: dict[type, dict[str, Range]] = {
         "keep_last": NON_NEGATIVE,  # 0 = keep all
         "max_nan_steps": AT_LEAST_1,  # 0 would stop on the first step
         "max_minutes": NON_NEGATIVE,  # 0 = no budget
+        "dist_timeout_s": POSITIVE,  # a collective that never times out hangs on a dead machine
         "seed": NON_NEGATIVE,
     },
     # ---- stage 1 --------------------------------------------------------------------------
@@ -338,3 +340,7 @@ def relation_problems(cls: type, given: dict[str, Any], where: str) -> list[str]
 
     found = (rel.check(values, key) for rel in relations if all(f in values for f in rel.fields))
     return [p for p in found if p]
+
+
+# What the top-level loaders pass to `ldm_system.config.load_config(..., checks=CHECKS)`.
+CHECKS = Checks(range_problem, relation_problems)

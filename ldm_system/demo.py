@@ -43,6 +43,7 @@ def _pack(split: str, out: Path, quick: bool) -> Path:
 
 
 def run_demo(out: Path, quick: bool = False) -> int:
+    from ldm_system.config_ranges import CHECKS
     from ldm_system.data.encode import encode_shards
     from ldm_system.serving.export import export_checkpoint
     from ldm_system.serving.pipeline import LDMPipeline
@@ -59,7 +60,7 @@ def run_demo(out: Path, quick: bool = False) -> int:
     if quick:
         ae_over += ["train.steps=10", "loss.disc_start=5", "train.preview_every=0", "train.ckpt_every=0", "scale_batches=2"]
         ldm_over += ["train.steps=20", "train.preview_every=0", "train.ckpt_every=0", "preview.steps=5"]
-    ae_cfg = load_config(AERunConfig, CONFIGS / "autoencoder" / "fmnist-kl-f4.yaml", ae_over)
+    ae_cfg = load_config(AERunConfig, CONFIGS / "autoencoder" / "fmnist-kl-f4.yaml", ae_over, checks=CHECKS)
     _say(f"stage 1: training the KL-f4 autoencoder ({ae_cfg.train.steps} steps, ≤ {ae_cfg.train.max_minutes} min)")
     ae_dir = run_autoencoder(ae_cfg)
 
@@ -67,7 +68,7 @@ def run_demo(out: Path, quick: bool = False) -> int:
     m = encode_shards(ae_dir, train, out / "latents", batch_size=256, overwrite=True, progress=False)
     _say(f"{m.num_samples} latents of shape {m.meta['latent_shape']}, latent scale {m.meta['latent_scale']:.4f}")
 
-    ldm_cfg = load_config(LDMRunConfig, CONFIGS / "ldm" / "fmnist-kl-f4.yaml", ldm_over)
+    ldm_cfg = load_config(LDMRunConfig, CONFIGS / "ldm" / "fmnist-kl-f4.yaml", ldm_over, checks=CHECKS)
     _say(f"stage 2: training the class-conditional LDM ({ldm_cfg.train.steps} steps, ≤ {ldm_cfg.train.max_minutes} min)")
     run_ldm(ldm_cfg)
     model = export_checkpoint(out / "stage2", out / "model")

@@ -47,7 +47,7 @@ EMPTY_EPOCHS_LIMIT = 3
 
 @dataclass(frozen=True)
 class StreamConfig:
-    """Options of the streaming loader; YAML keys are these field names (configs/data/*.yaml)."""
+    """Options of the streaming loader; YAML keys are these field names (a run config's `data:` section)."""
 
     shards: str  # folder with manifest.json, manifest path, or pattern "out/shard-{000000..000009}.tar"
     batch_size: int = 64
