@@ -45,9 +45,16 @@ def cmd_data_pack(a: argparse.Namespace) -> int:
     from ldm_system.data.pack import pack
 
     m = pack(a.src, a.out_dir, shard_size=a.shard_size, image_size=a.image_size, seed=a.seed, split=a.split,
-             channels=a.channels, limit=a.limit, num_samples=a.num_samples, overwrite=a.overwrite)
+             channels=a.channels, limit=a.limit, num_samples=a.num_samples, overwrite=a.overwrite,
+             buckets=a.buckets, bucket_step=a.bucket_step, max_aspect=a.max_aspect, caption_column=a.caption_column)
     print(f"packed {m.num_samples} samples into {len(m.shards)} shards in {a.out_dir} "
           f"({m.num_skipped} skipped; classes: {len(m.classes)}; image size: {m.image_size})")
+    if "buckets" in m.meta:
+        used = [f"{b['width']}x{b['height']}:{b['count']}" for b in m.meta["buckets"] if b["count"]]
+        print(f"  buckets (WxH:count): {' '.join(used)}; area lost: mean {m.meta['area_lost']['mean']:.1%}, "
+              f"max {m.meta['area_lost']['max']:.1%}")
+    if "captions" in m.meta:
+        print(f"  captions from: {m.meta['captions']}")
     for s in m.skipped[:10]:
         print(f"  skipped {s.path}: {s.reason}")
     return 0
@@ -181,6 +188,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=None, help="pack at most this many samples")
     p.add_argument("--num-samples", type=int, default=None, help="builtin:photos: number of crops")
     p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--buckets", action="store_true",
+                   help="aspect-ratio buckets of about IMAGE_SIZE^2 pixels instead of square crops")
+    p.add_argument("--bucket-step", type=int, default=8,
+                   help="bucket sides are multiples of this (must divide by the autoencoder's f x UNet downsampling)")
+    p.add_argument("--max-aspect", type=float, default=4.0, help="buckets span 1:R to R:1")
+    p.add_argument("--caption-column", default="text", help="caption column of metadata.jsonl / metadata.csv")
     p.set_defaults(fn=cmd_data_pack)
     p = data.add_parser("encode", help="encode image shards into latent shards with a stage-1 autoencoder")
     p.add_argument("--autoencoder", required=True)

@@ -106,6 +106,8 @@ RANGES: dict[type, dict[str, Range]] = {
         "seed": NON_NEGATIVE,
         "limit": AT_LEAST_1,
         "num_samples": AT_LEAST_1,
+        "bucket_step": AT_LEAST_1,
+        "max_aspect": Range(lo=1.0),
     },
     # ---- the engine (the micro-batch is data.batch_size; precision is a Literal) ----------
     EngineConfig: {

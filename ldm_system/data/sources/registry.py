@@ -48,6 +48,7 @@ def open_source(
     image_size: int | None = None,
     num_samples: int | None = None,
     seed: int = 0,
+    caption_column: str = "text",
 ) -> Source:
     """Resolve SRC: `builtin:NAME`, `builtin:NAME:SPLIT`, or a folder path."""
     if src.startswith(BUILTIN_PREFIX):
@@ -65,5 +66,6 @@ def open_source(
         raise FileNotFoundError(f"pack source {src!r} is neither a folder nor a built-in "
                                 f"({', '.join(BUILTIN_PREFIX + n for n in BUILTIN_SOURCES)})")
     return FolderSource(
-        Path(src), channels=DEFAULT_FOLDER_CHANNELS if channels is None else channels, split=split
+        Path(src), channels=DEFAULT_FOLDER_CHANNELS if channels is None else channels, split=split,
+        caption_column=caption_column,
     )
