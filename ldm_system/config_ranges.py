@@ -99,6 +99,7 @@ RANGES: dict[type, dict[str, Range]] = {
         "shuffle_buffer": NON_NEGATIVE,
         "seed": NON_NEGATIVE,
         "prefetch_factor": AT_LEAST_1,
+        "keep_tags": NON_NEGATIVE,
     },
     PackConfig: {
         "shard_size": AT_LEAST_1,

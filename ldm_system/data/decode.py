@@ -10,7 +10,10 @@ latent scale, and optionally `mean.npy` + `logvar.npy`, the KL posterior in the 
 mapping, no resizing; only the horizontal flip applies. With `sample_posterior`, a sample having
 mean and logvar yields a fresh z = mean + exp(logvar / 2) * eps each epoch instead of `latent.npy`.
 
-All randomness (crop position, flip, eps) is drawn from an RNG seeded by (seed, epoch, key), so an
+With `shuffle_tags`, a comma-separated caption has its tags after the first `keep_tags` shuffled
+(captions.py).
+
+All randomness (crop position, flip, eps, tag order) is drawn from an RNG seeded by (seed, epoch, key), so an
 augmentation is the same whichever rank or worker reads the sample and however often it is replayed.
 """
 from __future__ import annotations
@@ -21,6 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ldm_system.data.captions import shuffle_tags
 from ldm_system.data.rng import KeyedRandom
 from ldm_system.data.sources.base import UNLABELLED
 from ldm_system.data.tario import RawSample
@@ -56,6 +60,8 @@ class DecodeOptions:
     channels: int | None = None  # None: 1 for grayscale PNGs, 3 otherwise
     sample_posterior: bool = False
     seed: int = 0
+    shuffle_tags: bool = False
+    keep_tags: int = 0
 
     def __post_init__(self) -> None:
         if self.crop not in CROP_MODES:
@@ -76,6 +82,9 @@ def decode_sample(raw: RawSample, opts: DecodeOptions, epoch: int) -> Decoded:
     """Raises CorruptSample when any entry is unusable."""
     label = _label(raw)
     caption = raw.entries.get(CAPTION_ENTRY, b"").decode("utf-8", "replace")
+    if opts.shuffle_tags:
+        # Its own keyed stream: turning tag shuffling on leaves crops and flips as they were.
+        caption = shuffle_tags(caption, opts.keep_tags, KeyedRandom("tags", opts.seed, epoch, raw.key))
     if LATENT_ENTRY in raw.entries or MEAN_ENTRY in raw.entries:
         image = _latent(raw, opts, epoch)
     else:

@@ -68,6 +68,9 @@ class StreamConfig:
     # Let `shards` be `pipe:<shell command>` (webdataset runs it through a shell). Off by default:
     # only a spec typed by the user can be a pipe, never a name listed from a folder or manifest.
     allow_pipe: bool = False
+    # Comma-separated captions: shuffle the tags after the first keep_tags each epoch (kohya style).
+    shuffle_tags: bool = False
+    keep_tags: int = 0
 
     def __post_init__(self) -> None:
         positive = {"batch_size": self.batch_size, "prefetch_factor": self.prefetch_factor}
@@ -75,7 +78,7 @@ class StreamConfig:
             if value < 1:
                 raise ValueError(f"StreamConfig.{name} must be >= 1, got {value}")
         for name, value in {"num_workers": self.num_workers, "shuffle_buffer": self.shuffle_buffer,
-                            "seed": self.seed}.items():
+                            "seed": self.seed, "keep_tags": self.keep_tags}.items():
             if value < 0:
                 raise ValueError(f"StreamConfig.{name} must be >= 0, got {value}")
         if self.image_size is not None and self.image_size < 1:
@@ -119,6 +122,8 @@ class StreamLoader:
             channels=config.channels,
             sample_posterior=config.sample_posterior,
             seed=config.seed,
+            shuffle_tags=config.shuffle_tags,
+            keep_tags=config.keep_tags,
         )
         self._reset_epoch(0)
         self._samples_consumed = 0
