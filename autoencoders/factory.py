@@ -26,16 +26,11 @@ def build_autoencoder(cfg: AutoencoderConfig) -> Autoencoder:
     return MODELS[cfg.kind](cfg)
 
 
-def images_of(batch):
-    """The images of a batch: a bare tensor, the data stream's `Batch` (`.images`), or an
-    (images, labels, captions) tuple/list. Anything else comes back unchanged for the caller to reject."""
-    if isinstance(batch, torch.Tensor):
-        return batch
-    if hasattr(batch, "images"):
-        return batch.images
-    if isinstance(batch, (tuple, list)) and batch:
-        return batch[0]
-    return batch
+def images_of(item):
+    """The images of one item of an image iterator: a bare tensor (B, C, H, W), or a batch with
+    `.images` (the data stream's `Batch`, read by duck typing: this package never imports
+    `ldm_system`). Anything else comes back unchanged for the caller to reject."""
+    return item if isinstance(item, torch.Tensor) else getattr(item, "images", item)
 
 
 @torch.no_grad()

@@ -28,14 +28,15 @@ from torch import nn
 from autoencoders import adversarial as adv
 from autoencoders.config import Stage1Config
 from autoencoders.discriminator import PatchDiscriminator
-from autoencoders.factory import build_autoencoder, images_of
+from autoencoders.factory import build_autoencoder
 from autoencoders.losses import kl_loss, reconstruction_loss
 from autoencoders.perceptual import build_perceptual
 
 
 def batch_images(batch: Any, in_channels: int) -> torch.Tensor:
-    """Batch / (images, labels, captions) tuple / bare tensor -> images (B, C, H, W), checked."""
-    images = images_of(batch)
+    """`batch.images` (B, C, H, W), checked. The engine hands the data stream's `Batch`; any object
+    with `.images` will do (duck typing: this package never imports `ldm_system`)."""
+    images = getattr(batch, "images", None)
     if not isinstance(images, torch.Tensor) or images.ndim != 4:
         got = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
         raise ValueError(f"stage-1 batches must start with images (B, C, H, W) in [-1, 1], got {got}")

@@ -18,6 +18,7 @@ from typing import Callable
 
 import torch
 
+from ldm_system.data.stream_worker import Batch
 from ldm_system.diffusion.config import DiffusionConfig
 from ldm_system.models.latent import LatentCodec
 from ldm_system.models.unet import UNetConfig
@@ -54,6 +55,12 @@ def diffusion_task(unet: UNetConfig, codec: LatentCodec | None = None, kind: str
     return DiffusionTask(unet, DiffusionConfig(), OptimConfig(lr=1e-4), codec or LatentCodec.identity(), kind)
 
 
+def image_batch(images: torch.Tensor) -> Batch:
+    """In-memory images (or latents) as the data stream's batch: unlabelled (-1), no captions."""
+    n = images.shape[0]
+    return Batch(images, torch.full((n,), -1, dtype=torch.long), [""] * n, [str(i) for i in range(n)])
+
+
 def num_params(module: torch.nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
@@ -71,8 +78,8 @@ class TaskStepper:
         self.modules = task.build()
         self.opt = task.optimizers(self.modules)["unet"]
 
-    def step(self, batch) -> None:
-        for _, loss in self.task.losses(self.modules, batch, 0):
+    def step(self, images: torch.Tensor) -> None:
+        for _, loss in self.task.losses(self.modules, image_batch(images), 0):
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
             self.opt.step()

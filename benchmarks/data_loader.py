@@ -90,9 +90,9 @@ def main() -> None:
         folder_ds = PngFolder(folder, args.image_size, channels)
         stream_rates, folder_rates = [], []
         for _ in range(args.repeats):
-            stream_rates.append(_rate(make_loader(stream_cfg), n))
-            folder_rates.append(_rate(DataLoader(folder_ds, batch_size=args.batch_size, shuffle=True,
-                                                 num_workers=args.workers), n))
+            stream_rates.append(_rate((b.images for b in make_loader(stream_cfg)), n))
+            folder_loader = DataLoader(folder_ds, batch_size=args.batch_size, shuffle=True, num_workers=args.workers)
+            folder_rates.append(_rate((images for images, _ in folder_loader), n))
         stream_best, folder_best = max(stream_rates), max(folder_rates)
         print(f"images: {n} x {args.image_size}px, {channels} channel(s); batch {args.batch_size}; "
               f"{args.workers} workers; {os.cpu_count()} CPUs")
@@ -104,12 +104,12 @@ def main() -> None:
 
 
 def _rate(batches, n: int) -> float:
-    """Images/s over one epoch, excluding the first (warm-up) batch from the timing."""
+    """Images/s over one epoch of image batches (B, C, H, W), excluding the first (warm-up) batch."""
     it = iter(batches)
-    first = len(next(it)[0])
+    first = len(next(it))
     seen = 0
     start = time.perf_counter()
-    for images, *_ in it:
+    for images in it:
         seen += len(images)
     elapsed = time.perf_counter() - start
     if first + seen != n:

@@ -96,7 +96,7 @@ def main() -> None:
 def _segment(stepper: TaskStepper, data: torch.Tensor, steps: int, batch: int):
     def run() -> int:
         for _ in range(steps):
-            stepper.step((data,))
+            stepper.step(data)
         return steps * batch
     return run
 

@@ -35,7 +35,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from _common import diffusion_task, median, num_params, set_threads, spread, table
+from _common import diffusion_task, image_batch, median, num_params, set_threads, spread, table
 from ldm_system.models.unet import PRESETS, Denoiser
 from ldm_system.train.engine import EngineConfig, Trainer
 
@@ -97,7 +97,7 @@ class InterleavedStream:
         return self.warmup + self.segment * self.repeats + 1
 
     def __iter__(self):
-        item = (self.batch,)
+        item = image_batch(self.batch)
         for _ in range(self.warmup):
             yield item
         for bare in self.bares.values():

@@ -59,7 +59,7 @@ def main() -> None:
     def segment(stepper: TaskStepper, data: torch.Tensor, steps: int):
         def run() -> int:
             for _ in range(steps):
-                stepper.step((data,))
+                stepper.step(data)
             return steps * B
         return run
 

@@ -85,15 +85,14 @@ class ARTask:
         k = self.model_cfg.num_classes
         if k == 0:
             return None
-        _, labels, _ = batch
-        labels = labels.long()
+        labels = batch.labels.long()
         if (labels >= k).any():
             raise ValueError(f"label {int(labels.max())} out of range for model.num_classes={k}")
         drop = torch.rand(labels.shape, device=labels.device) < self.optim_cfg.cond_drop_prob
         return torch.where((labels < 0) | drop, torch.full_like(labels, k), labels)
 
     def losses(self, modules: Mapping[str, nn.Module], batch: Any, step: int) -> Iterator[tuple[str, torch.Tensor]]:
-        images = next(iter(batch))
+        images = batch.images
         if tuple(images.shape[1:]) != self.model_cfg.image_shape:
             raise ValueError(f"batch images are {tuple(images.shape[1:])}, the model takes {self.model_cfg.image_shape}")
         tokens = images_to_tokens(images)  # (B, N) int64

@@ -280,7 +280,7 @@ class FlowTask:
                                          weight_decay=o.weight_decay)}
 
     def losses(self, modules: Mapping[str, nn.Module], batch: Any, step: int) -> Iterator[tuple[str, torch.Tensor]]:
-        images = next(iter(batch))
+        images = batch.images
         if tuple(images.shape[1:]) != self.model_cfg.image_shape:
             raise ValueError(f"batch images are {tuple(images.shape[1:])}, "
                              f"the model takes {self.model_cfg.image_shape}")

@@ -123,8 +123,8 @@ class GANTask:
         return {"family": FAMILY, "model": to_dict(self.model_cfg), **self.info}
 
     def real_batch(self, batch: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Batch / (images, labels, ...) / bare tensor → (images (B, C, S, S), labels (B,) or None), checked."""
-        images, labels = (batch, None) if isinstance(batch, torch.Tensor) else tuple(batch)[:2]
+        """`batch.images`, `batch.labels` → (images (B, C, S, S), labels (B,) or None), checked."""
+        images, labels = batch.images, batch.labels
         m = self.model_cfg
         want = (m.channels, m.image_size, m.image_size)
         if images.ndim != 4 or tuple(images.shape[1:]) != want:

@@ -2,7 +2,7 @@
 resumable in the middle of an epoch.
 
     loader = make_loader(StreamConfig(shards="data/fmnist", batch_size=128), rank, world_size)
-    for images, labels, captions in loader:   # (B, C, H, W) in [-1, 1], (B,) int64, list[str]
+    for batch in loader:   # batch.images (B, C, H, W) in [-1, 1], .labels (B,) int64, .captions list[str]
         ...
     state = loader.state_dict()              # JSON-serialisable; save one per rank
     loader.load_state_dict(state)            # continues right after the last batch handed out

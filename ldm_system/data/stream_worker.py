@@ -35,8 +35,8 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Batch:
-    """A training batch. Unpacks and indexes like the tuple `(images, labels, captions)`;
-    `keys` (the samples' WebDataset keys) and `size` are extra.
+    """A training batch; readers use its attributes (`batch.images`, `batch.labels`, `batch.captions`).
+    `keys` are the samples' WebDataset keys.
 
     images: float32 (B, C, H, W), in [-1, 1] for image shards, the stored latents for latent shards.
     labels: int64 (B,), -1 where a sample has no label.
@@ -48,10 +48,9 @@ class Batch:
     keys: list[str]
 
     def __iter__(self) -> Iterator[Any]:
+        # Only for the engine's `_batch_len`, which counts images through `next(iter(batch))`; goes
+        # once that reads `batch.size`. Nothing else unpacks a batch.
         return iter((self.images, self.labels, self.captions))
-
-    def __getitem__(self, index: int) -> Any:
-        return (self.images, self.labels, self.captions)[index]
 
     @property
     def size(self) -> int:

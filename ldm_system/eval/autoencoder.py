@@ -38,7 +38,7 @@ def eval_autoencoder(
     max_batches: int | None = None,
     use_features: bool = True,
 ) -> dict[str, float]:
-    """Run `ae` over `batches` (tensors or (images, labels, captions) tuples, images in [-1, 1]).
+    """Run `ae` over `batches` (image tensors or batches with `.images`, images in [-1, 1]).
 
     `features` defaults to EfficientNet-Lite0 at 224 px; pass `use_features=False` to skip FD.
     """

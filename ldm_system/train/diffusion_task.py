@@ -90,7 +90,7 @@ class DiffusionTask:
 
     def latents(self, batch: Any) -> torch.Tensor:
         """Scaled latents x₀ (B, c, h, w) for this batch."""
-        x = next(iter(batch)).float()
+        x = batch.images.float()
         return x if self.input_kind == "latent" else self.codec.encode(x)
 
     def condition(self, batch: Any) -> torch.Tensor | None:
@@ -98,14 +98,13 @@ class DiffusionTask:
         if kind == "none":
             return None
         if kind == "class":
-            _, labels, _ = batch
-            labels = labels.long()
+            labels = batch.labels.long()
             if (labels >= self.unet_cfg.num_classes).any():
                 raise ValueError(f"label {int(labels.max())} out of range for num_classes={self.unet_cfg.num_classes}")
             labels = torch.where(labels < 0, torch.full_like(labels, self.unet_cfg.num_classes), labels)  # unlabelled → null
             return drop_condition(labels, self.unet_cfg.num_classes, self.diff_cfg.cond_drop_prob)
-        _, _, captions = batch  # dropped captions become "", whose states are the null condition
-        return self.text.encode(drop_captions(captions, self.diff_cfg.cond_drop_prob))  # (B, L, D)
+        # dropped captions become "", whose states are the null condition
+        return self.text.encode(drop_captions(batch.captions, self.diff_cfg.cond_drop_prob))  # (B, L, D)
 
     def losses(self, modules: Mapping[str, nn.Module], batch: Any, step: int) -> Iterator[tuple[str, torch.Tensor]]:
         x0 = self.latents(batch)
@@ -140,7 +139,7 @@ class DiffusionTask:
         if self.unet_cfg.conditioning == "class":
             classes = conditioning.cycle_classes(p.num_images)
         elif self.unet_cfg.conditioning == "text":
-            names = self.info.get("classes") or list(batch[2]) or [""]
+            names = self.info.get("classes") or list(batch.captions) or [""]
             prompts = [names[i % len(names)] for i in range(p.num_images)]
         cond = conditioning.condition(classes, prompts, p.num_images)  # (N,) ids or (N, L, D) states
         guidance = conditioning.guidance(p.guidance, cond)

@@ -1,5 +1,6 @@
 """KL and VQ autoencoders: encode/decode shapes, the shared interface, input errors, latent scale."""
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -83,7 +84,7 @@ def test_bad_inputs_raise_clear_errors():
 def test_measure_latent_scale_is_inverse_std():
     ae = build_autoencoder(tiny("kl", 4, 3))
     batches = [torch.rand(2, 3, 16, 16) * 2 - 1 for _ in range(3)]
-    scale = measure_latent_scale(ae, ((b, None, None) for b in batches), max_batches=2, sample=False)
+    scale = measure_latent_scale(ae, (SimpleNamespace(images=b) for b in batches), max_batches=2, sample=False)
     with torch.no_grad():
         z = torch.cat([ae.encode_latents(b) for b in batches[:2]]).double()
     assert math.isclose(scale, 1.0 / z.std().item(), rel_tol=1e-6)

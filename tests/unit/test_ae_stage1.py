@@ -17,8 +17,13 @@ def make_task(name="kl-f4-debug", **loss_overrides) -> Stage1Task:
     return Stage1Task(dataclasses.replace(cfg, loss=loss))
 
 
+class Batch:  # what Stage1Task reads of the data stream's batch (duck typing: no ldm_system import)
+    def __init__(self, images, labels=None, captions=None):
+        self.images, self.labels, self.captions = images, labels, captions
+
+
 def batch(n=2, c=3, size=16):
-    return (torch.rand(n, c, size, size) * 2 - 1, torch.zeros(n, dtype=torch.long), ["a"] * n)
+    return Batch(torch.rand(n, c, size, size) * 2 - 1, torch.zeros(n, dtype=torch.long), ["a"] * n)
 
 
 def run_steps(task, modules, steps, start=0):
@@ -102,24 +107,20 @@ def test_preview_interleaves_inputs_and_reconstructions():
     task = make_task("vq-f4-debug")
     modules = task.build()
     state = {k: v.clone() for k, v in modules["ae"].state_dict().items()}
-    images = batch(n=3)[0]
-    grid = task.preview(modules, (images, None, None))
+    images = batch(n=3).images
+    grid = task.preview(modules, Batch(images))
     assert grid.shape == (6, 3, 16, 16)
     assert torch.equal(grid[0::2], images)
     assert grid.min() >= -1 and grid.max() <= 1
     assert all(torch.equal(state[k], v) for k, v in modules["ae"].state_dict().items()), "preview changed state"
 
 
-def test_accepts_stream_batch_objects():
-    class Batch:  # the data stream's batch type exposes .images
-        def __init__(self, images):
-            self.images = images
-
+def test_reads_only_the_images_of_a_batch():
     task = make_task()
     modules = task.build()
-    names = [name for name, _ in task.losses(modules, Batch(batch()[0]), 0)]
+    names = [name for name, _ in task.losses(modules, Batch(batch().images), 0)]
     assert names == ["ae"]
-    assert task.preview(modules, Batch(batch()[0])).shape == (4, 3, 16, 16)
+    assert task.preview(modules, Batch(batch().images)).shape == (4, 3, 16, 16)
 
 
 def test_bad_batches_and_order_errors():
@@ -130,7 +131,7 @@ def test_bad_batches_and_order_errors():
     with pytest.raises(ValueError, match="in_channels=3"):
         next(task.losses(modules, batch(c=1), 0))
     with pytest.raises(ValueError, match=r"\(B, C, H, W\)"):
-        next(task.losses(modules, (torch.zeros(3, 16, 16),), 0))
+        next(task.losses(modules, Batch(torch.zeros(3, 16, 16)), 0))
 
 
 def test_optimizers_have_separate_learning_rates_and_betas():

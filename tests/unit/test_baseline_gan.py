@@ -14,8 +14,15 @@ from ldm_system.baselines.gan_models import (
     recalibrate_batchnorm,
     sample_inputs,
 )
+from ldm_system.data.stream_worker import Batch
 
 TINY = dict(z_dim=8, class_embed_dim=4, gen_channels=8, disc_channels=8)
+
+
+def _batch(images: torch.Tensor, labels: torch.Tensor | None = None) -> Batch:
+    n = images.shape[0]
+    labels = torch.full((n,), -1, dtype=torch.long) if labels is None else labels
+    return Batch(images, labels, [""] * n, [str(i) for i in range(n)])
 
 
 # ---- lazy R1 ----------------------------------------------------------------------------------
@@ -24,7 +31,7 @@ def test_lazy_r1_only_on_every_kth_step_and_scaled_by_k():
     task = GANTask(cfg, GANLossConfig(kind="hinge", r1_gamma=2.0, r1_every=4))
     modules = task.build()
     modules["disc"].eval()  # no power iteration between the two calls: the same D both times
-    x = torch.rand(4, 1, 32, 32) * 2 - 1
+    x = _batch(torch.rand(4, 1, 32, 32) * 2 - 1)
     torch.manual_seed(1)
     with_r1 = next(task.losses(modules, x, step=8))[1]
     stats = task.metrics()
@@ -52,7 +59,7 @@ def test_one_task_step_trains_d_then_g(kind, num_classes):
     modules = task.build()
     gen, disc = modules["gen"], modules["disc"]
     opts = task.optimizers(modules)
-    batch = (torch.rand(8, 1, 32, 32) * 2 - 1, torch.arange(8) % 10, [""] * 8)
+    batch = _batch(torch.rand(8, 1, 32, 32) * 2 - 1, torch.arange(8) % 10)
     steps = task.losses(modules, batch, step=0)
 
     name, d_loss = next(steps)
@@ -83,9 +90,9 @@ def test_batch_that_does_not_fit_the_model_is_a_clear_error():
     task = GANTask(GANModelConfig(num_classes=10, **TINY))
     modules = task.build()
     with pytest.raises(ValueError, match="model.channels"):
-        next(task.losses(modules, (torch.zeros(2, 3, 32, 32), torch.zeros(2, dtype=torch.long)), 0))
+        next(task.losses(modules, _batch(torch.zeros(2, 3, 32, 32), torch.zeros(2, dtype=torch.long)), 0))
     with pytest.raises(ValueError, match="unlabelled"):
-        next(task.losses(modules, (torch.zeros(2, 1, 32, 32), torch.full((2,), -1)), 0))
+        next(task.losses(modules, _batch(torch.zeros(2, 1, 32, 32)), 0))
 
 
 # ---- spectral norm -----------------------------------------------------------------------------

@@ -57,10 +57,11 @@ def test_one_epoch_exactly_once_over_ranks_and_workers(shards, granularity: str)
     seen: list[str] = []
     for rank in range(2):  # two ranks simulated in one process, each with 2 workers
         loader = make_loader(cfg(folder, infinite=False, granularity=granularity), rank=rank, world_size=2)
-        for images, labels, captions in loader:
+        for batch in loader:
+            images = batch.images
             assert images.shape[1:] == (1, 8, 8) and images.dtype == torch.float32
             assert images.min() >= -1 and images.max() <= 1
-            assert labels.dtype == torch.long and len(captions) == len(labels)
+            assert batch.labels.dtype == torch.long and len(batch.captions) == len(batch.labels)
         # The loader moved on to epoch 1 by itself; iterate again to collect epoch 1 keys too.
         assert loader.epoch == 1
         seen += [k for b in loader for k in b.keys]

@@ -7,6 +7,7 @@ from torch import nn
 
 from autoencoders.config import AutoencoderConfig, QuantizerConfig
 from autoencoders.factory import build_autoencoder
+from ldm_system.data.stream_worker import Batch
 from ldm_system.eval.autoencoder import METRIC_LABELS, eval_autoencoder
 from ldm_system.eval.features import EffNetLite0Features
 
@@ -31,7 +32,7 @@ class Identity(nn.Module):
 
 def batches(n=2, bs=3):
     g = torch.Generator().manual_seed(0)
-    return [(torch.rand(bs, 3, 16, 16, generator=g) * 2 - 1, torch.zeros(bs), [""] * bs) for _ in range(n)]
+    return [Batch(torch.rand(bs, 3, 16, 16, generator=g) * 2 - 1, torch.zeros(bs), [""] * bs, [""] * bs) for _ in range(n)]
 
 
 def test_perfect_reconstruction(features):

@@ -7,6 +7,7 @@ import torch
 
 from ldm_fixtures import ROOT
 from ldm_system.config import ConfigError, load_config
+from ldm_system.data.stream_worker import Batch
 from ldm_system.diffusion.config import DiffusionConfig
 from ldm_system.models.latent import LatentCodec
 from ldm_system.models.text import TextEncoder, save_random_text_encoder
@@ -36,7 +37,8 @@ def _task(enc, unet=UNET, drop=0.0, **kw):
 
 
 def _batch(n=4):
-    return torch.randn(n, 3, 4, 4), torch.zeros(n, dtype=torch.long), ["Sneaker", "Bag", "Coat", "Sandal"][:n]
+    return Batch(torch.randn(n, 3, 4, 4), torch.zeros(n, dtype=torch.long), ["Sneaker", "Bag", "Coat", "Sandal"][:n],
+                 [str(i) for i in range(n)])
 
 
 def test_task_condition_encodes_captions_and_drops_to_the_null(enc):
