@@ -20,6 +20,12 @@ steps; a batch may then mix the end of one epoch with the start of the next. `in
 each `iter(loader)` one epoch, after which the loader moves to the next epoch by itself. In that
 mode ranks can receive a few samples more or less than each other (see partition.py).
 `resampled=True` draws shards with replacement instead (an endless stream, no exactly-once).
+
+Buckets: from shards whose manifest lists aspect-ratio buckets (`ldm data pack --buckets`, or
+latents encoded from them) and without a stream `image_size`, every batch holds one bucket (one
+shape); ranks may train different buckets in the same step. Small buckets are carried into the
+next epoch in infinite mode and emitted as smaller batches at the end of a single-epoch pass
+(bucket_batcher.py); the samples waiting in buckets are part of `state_dict()`.
 """
 from __future__ import annotations
 
@@ -125,6 +131,10 @@ class StreamLoader:
             shuffle_tags=config.shuffle_tags,
             keep_tags=config.keep_tags,
         )
+        manifest = self.shard_list.manifest
+        # Shapes of several buckets are expected only from shards packed (or encoded) with buckets;
+        # a stream image_size makes every sample one square again.
+        self.bucketed = manifest is not None and "buckets" in manifest.meta and config.image_size is None
         self._reset_epoch(0)
         self._samples_consumed = 0
         self._stats_base = StreamStats().counters()
@@ -177,6 +187,7 @@ class StreamLoader:
             drop_last=self.config.drop_last,
             start=tuple(self._positions),
             rotation=self._next_worker,
+            bucketed=self.bucketed,
         )
 
     def _run(self) -> Iterator[Batch]:
@@ -202,7 +213,8 @@ class StreamLoader:
             if event == "done":
                 self._positions[worker] = replace(self._positions[worker], done=True)
                 continue
-            self._positions[worker] = StreamPosition(meta["epoch"], meta["position"])
+            pending = tuple((int(e), int(p)) for e, p in meta["pending"])
+            self._positions[worker] = StreamPosition(meta["epoch"], meta["position"], pending=pending)
             if event == "empty":
                 empty_in_a_row += 1
                 if empty_in_a_row >= EMPTY_EPOCHS_LIMIT * self.workers:
@@ -237,7 +249,9 @@ class StreamLoader:
             "samples_consumed": self._samples_consumed,
             "next_worker": self._next_worker,
             "streams": [
-                {"epoch": p.epoch, "position": p.position, "done": p.done} for p in self._positions
+                {"epoch": p.epoch, "position": p.position, "done": p.done,
+                 "pending": [list(s) for s in p.pending]}  # samples waiting in partly filled buckets
+                for p in self._positions
             ],
             "stats": self.stats,
         }
@@ -261,7 +275,9 @@ class StreamLoader:
             self._reset_epoch(int(state["epoch"]))
             return
         self._positions = [
-            StreamPosition(int(s["epoch"]), int(s["position"]), bool(s["done"])) for s in state["streams"]
+            StreamPosition(int(s["epoch"]), int(s["position"]), bool(s["done"]),
+                           tuple((int(e), int(p)) for e, p in s.get("pending", [])))
+            for s in state["streams"]
         ]
         self._next_worker = int(state["next_worker"])
 

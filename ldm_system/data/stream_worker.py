@@ -3,7 +3,8 @@
 For reader stream g (see partition.py) and epoch e the pipeline is
 
     shards of (e, g) -> tar samples [-> keep i % G == g] -> shuffle buffer rng(seed, e, g)
-        -> number 1, 2, 3, ... (the stream position) -> decode + augment -> batches of B
+        -> number 1, 2, 3, ... (the stream position) -> decode + augment
+        -> one bucket per shape -> batches of B from one bucket (bucket_batcher.py)
 
 Everything up to the position numbering is a pure function of (seed, e, g, data), and decoding
 happens after it, so a resumed worker replays the cheap part (tar bytes only) and skips exactly the
@@ -22,6 +23,7 @@ from typing import Any
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
+from ldm_system.data.bucket_batcher import BucketBatcher, Slot
 from ldm_system.data.decode import CorruptSample, Decoded, DecodeOptions, decode_sample
 from ldm_system.data.partition import EpochPlan, shuffle_buffer
 from ldm_system.data.rng import seeded
@@ -67,11 +69,13 @@ class Batch:
 
 @dataclass(frozen=True)
 class StreamPosition:
-    """How far one worker stream got: `position` samples of `epoch` were delivered."""
+    """How far one worker stream got: its first `position` samples of `epoch` were delivered, except
+    those listed in `pending`, which wait in partly filled buckets (possibly since an earlier epoch)."""
 
     epoch: int = 0
     position: int = 0
     done: bool = False  # single-epoch mode: the stream delivered all of `epoch`
+    pending: tuple[Slot, ...] = ()  # (epoch, position) of each sample waiting in a bucket
 
 
 def collate(samples: list[Decoded]) -> Batch:
@@ -108,6 +112,7 @@ class ShardStream(IterableDataset):
         drop_last: bool,
         start: tuple[StreamPosition, ...],
         rotation: int = 0,
+        bucketed: bool = False,
     ) -> None:
         super().__init__()
         if len(start) != workers_per_rank:
@@ -123,6 +128,7 @@ class ShardStream(IterableDataset):
         self.drop_last = drop_last
         self.start = start
         self.rotation = rotation
+        self.bucketed = bucketed  # several shapes allowed (the manifest lists buckets)
 
     def __iter__(self) -> Iterator[tuple[Batch | None, dict[str, Any]]]:
         info = get_worker_info()
@@ -150,24 +156,38 @@ class ShardStream(IterableDataset):
         rng = seeded("buffer", self.plan.seed, epoch, stream)
         return shuffle_buffer(self._raw(epoch, stream, stats), self.buffer_size, rng)
 
+    def _restore(self, buckets: BucketBatcher, epoch: int, stream: int, wanted: set[int]) -> None:
+        """Decode again the samples of an earlier `epoch` that waited in buckets at the checkpoint."""
+        quiet = StreamStats(muted=True)  # these were counted before the checkpoint
+        for position, raw in enumerate(self._shuffled(epoch, stream, quiet), 1):
+            if position in wanted:
+                buckets.add((epoch, position), decode_sample(raw, self.decode, epoch))
+                if position == max(wanted):
+                    return
+
     def iter_worker(self, worker: int) -> Iterator[tuple[Batch | None, dict[str, Any]]]:
         """Items of one worker stream. meta["event"] is "batch", "done" (single-epoch mode: the
         epoch is finished) or "empty" (infinite mode: an epoch had no samples for this stream;
-        the stream goes on with the next epoch, and the loader raises if nothing else comes)."""
+        the stream goes on with the next epoch, and the loader raises if nothing else comes).
+        meta["pending"] lists the samples left waiting in buckets after this item."""
         stream = self.rank * self.workers_per_rank + worker
         stats = StreamStats()
         start = self.start[worker]
+        buckets = BucketBatcher(self.batch_size, self.bucketed)
 
         def meta(event: str, epoch: int, position: int) -> dict[str, Any]:
             return {"worker": worker, "event": event, "epoch": epoch, "position": position,
-                    "stats": stats.counters()}
+                    "pending": buckets.pending(), "stats": stats.counters()}
 
         if start.done and not self.infinite:
             yield None, meta("done", start.epoch, start.position)
             return
         epoch, skip = start.epoch, start.position
-        pending: list[Decoded] = []
-        last = (epoch, skip)  # (epoch, position) of the newest sample in `pending`
+        # Samples carried over from earlier epochs go back into their buckets first (oldest first).
+        for old in sorted({e for e, _ in start.pending if e < epoch}):
+            self._restore(buckets, old, stream, {p for e, p in start.pending if e == old})
+        wanted = {p for e, p in start.pending if e == epoch}
+        last = (epoch, skip)  # (epoch, position) of the newest sample put in a bucket
         while True:
             stats.muted = skip > 0  # replayed samples were counted before the checkpoint
             seen = 0
@@ -175,25 +195,29 @@ class ShardStream(IterableDataset):
                 seen += 1
                 if position <= skip:
                     stats.muted = position < skip
+                    if position in wanted:  # delivered to a bucket before the checkpoint, not to the caller
+                        buckets.add((epoch, position), decode_sample(raw, self.decode, epoch))
                     continue
                 try:
-                    pending.append(decode_sample(raw, self.decode, epoch))
+                    sample = decode_sample(raw, self.decode, epoch)
                 except CorruptSample as exc:
                     stats.record("corrupt_samples", f"skipping corrupt sample in {raw.url}: {exc}")
                     continue
                 last = (epoch, position)
-                if len(pending) == self.batch_size:
-                    yield collate(pending), meta("batch", *last)
-                    pending = []
+                full = buckets.add(last, sample)
+                if full is not None:
+                    yield collate(full), meta("batch", *last)
             stats.muted = False
             if not self.infinite:
-                if pending and not self.drop_last:
-                    yield collate(pending), meta("batch", *last)
+                # Single epoch: what is left in the buckets leaves now, as smaller batches.
+                for rest in buckets.flush():
+                    if not self.drop_last:
+                        yield collate(rest), meta("batch", epoch, seen)
                 yield None, meta("done", epoch, seen)
                 return
             if seen == 0:
-                if pending:  # never hold samples back behind an empty epoch
-                    yield collate(pending), meta("batch", *last)
-                    pending = []
+                for rest in buckets.flush():  # never hold samples back behind an empty epoch
+                    yield collate(rest), meta("batch", *last)
                 yield None, meta("empty", epoch + 1, 0)
-            epoch, skip = epoch + 1, 0
+            # Infinite: partly filled buckets are carried into the next epoch.
+            epoch, skip, wanted = epoch + 1, 0, set()
