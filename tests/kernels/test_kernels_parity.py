@@ -20,43 +20,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kernels.autograd_fn import flash_attention_with_lse
-from kernels.reference import reference_attention_with_lse
-
+from attention_cases import assert_close_scaled, make_inputs, reference_run, triton_run
 
 TOLERANCES = {  # dtype: (atol, rtol, lse_atol)
     torch.float32: (1e-5, 1e-5, 1e-5),
     torch.float16: (1e-3, 2e-3, 1e-4),
     torch.bfloat16: (1e-2, 1.6e-2, 1e-4),
 }
-
-
-def assert_close_scaled(actual: torch.Tensor, expected: torch.Tensor, atol: float, rtol: float, what: str) -> None:
-    err = (actual.double() - expected.double()).abs().max().item()
-    bound = atol + rtol * expected.abs().max().item()
-    assert err <= bound, f"{what}: max abs err {err:.3e} > {bound:.3e}"
-
-
-def make_inputs(b, h, n_q, n_k, d, dtype, seed=0):
-    gen = torch.Generator().manual_seed(seed)
-    q, k, v = (torch.randn(b, h, n, d, generator=gen).to(dtype) for n in (n_q, n_k, n_k))
-    grad_out = torch.randn(b, h, n_q, d, generator=gen).to(dtype)
-    return q, k, v, grad_out
-
-
-def triton_run(q, k, v, grad_out, causal, scale, block=None):
-    q, k, v = (t.clone().requires_grad_() for t in (q, k, v))
-    out, lse = flash_attention_with_lse(q, k, v, causal, scale, block, block)
-    grads = torch.autograd.grad(out, (q, k, v), grad_out)
-    return out.detach(), lse, grads
-
-
-def reference_run(q, k, v, grad_out, causal, scale):
-    """fp32 eager reference from the same inputs (upcast is exact)."""
-    q, k, v = (t.float().requires_grad_() for t in (q, k, v))
-    out, lse = reference_attention_with_lse(q, k, v, causal, scale)
-    grads = torch.autograd.grad(out, (q, k, v), grad_out.float())
-    return out.detach(), lse.detach(), grads
 
 
 def sdpa_run(q, k, v, grad_out, causal, scale):
