@@ -124,13 +124,40 @@ def load_state_into(ae: Autoencoder, path: str | Path) -> None:
     ae.load_state_dict(state, strict=True)
 
 
+def stage1_folder(path: str | Path) -> Path:
+    """The folder holding a stage-1 model: ours (autoencoder.json), a diffusers AutoencoderKL/VQModel
+    (config.json), or the `vae/` / `vqvae/` of a diffusers pipeline folder; else an error naming what was
+    looked for."""
+    from autoencoders.diffusers_io import is_diffusers_stage1
+
+    path = Path(path)
+    for cand in (path, path / "vae", path / "vqvae"):
+        if (cand / META_FILE).is_file() or is_diffusers_stage1(cand):
+            return cand
+    if not path.exists():
+        raise FileNotFoundError(f"autoencoder {path}: no such folder")
+    raise FileNotFoundError(f"{path} is not an autoencoder: looked for {META_FILE} (ours), config.json of a diffusers "
+                            "AutoencoderKL/VQModel, and vae/ or vqvae/ of a diffusers pipeline folder")
+
+
 def load_autoencoder(
     path: str | Path, expected: AutoencoderConfig | None = None, device: str | torch.device = "cpu"
 ) -> tuple[Autoencoder, AutoencoderMeta]:
     """Rebuild the model from `autoencoder.json` and load its weights (eval mode).
 
     With `expected`, a checkpoint of another config is refused with the differing fields listed.
+    A diffusers `AutoencoderKL` / `VQModel` folder (or a pipeline folder holding one as `vae/` or
+    `vqvae/`) is read through `autoencoders/diffusers_io.py`, its `scaling_factor` as the latent scale.
     """
+    path = stage1_folder(path)
+    if not (path / META_FILE).is_file():
+        from autoencoders.diffusers_io import load_diffusers_stage1
+
+        ae, cfg, scale = load_diffusers_stage1(path)
+        if expected is not None and expected != cfg:
+            diff = "\n  ".join(_config_diff(cfg, expected))
+            raise CheckpointMismatchError(f"autoencoder {path} has another model config:\n  {diff}")
+        return ae.to(device).eval(), AutoencoderMeta(config=cfg, latent_scale=_check_scale(scale))
     meta = read_meta(path)
     if expected is not None and expected != meta.config:
         diff = "\n  ".join(_config_diff(meta.config, expected))

@@ -1,5 +1,5 @@
 """An exported LDM as a `GenerativeModel`: DDIM sampling, built from the export folder's parts
-(`models/exported.py`) and the diffusion loop, not from the serving pipeline (which sits above
+(`artifacts/exported.py`) and the diffusion loop, not from the serving pipeline (which sits above
 evaluation). It draws exactly what `LDMPipeline.sample(num, classes=..., steps, guidance, seed)`
 draws: the same sampler, the same x_T from a CPU generator seeded with `seed`, and the conditions
 and guidance of the one set of conditioning rules (`models/conditioning.py`).
@@ -13,7 +13,7 @@ import torch
 from ldm_system.diffusion.loop import sample
 from ldm_system.diffusion.samplers import SamplerConfig, make_sampler
 from ldm_system.models.conditioning import Conditioning
-from ldm_system.models.exported import ExportedLDM, load_exported_ldm
+from ldm_system.artifacts.exported import ExportedLDM, load_exported_ldm
 
 
 class LDMGenerator:

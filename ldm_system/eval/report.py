@@ -31,7 +31,7 @@ from ldm_system.eval.features import EFFNET_FD_LABEL, build_feature_extractor
 from ldm_system.eval.ldm_generator import LDMGenerator
 from ldm_system.eval.metrics import frechet_distance_from_features, precision_recall
 from ldm_system.eval.protocols import GenerativeModel, LikelihoodModel
-from ldm_system.models.exported import LDM_META
+from ldm_system.artifacts.kinds import LDM_META
 from ldm_system.images import make_grid
 
 

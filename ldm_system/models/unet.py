@@ -34,6 +34,9 @@ class UNetConfig:
     cross_attention_dim: int = 0
     attention: Literal["sdpa", "triton", "auto"] = "sdpa"
     dropout: float = 0.0
+    # Text UNets only: heads per level as an imported checkpoint fixes them (SD-1.x stores a head *count*
+    # in `attention_head_dim`). Empty: derived from attention_head_dim (a per-head width) per level.
+    num_attention_heads: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         if len(self.attention_levels) != len(self.block_out_channels):
@@ -45,6 +48,9 @@ class UNetConfig:
             raise ValueError("conditioning 'class' needs num_classes > 0")
         if self.conditioning == "text" and self.cross_attention_dim <= 0:
             raise ValueError("conditioning 'text' needs cross_attention_dim > 0")
+        if self.num_attention_heads and (self.conditioning != "text"
+                                         or len(self.num_attention_heads) != len(self.block_out_channels)):
+            raise ValueError("num_attention_heads needs conditioning 'text' and one head count per resolution")
         if any(c % self.norm_num_groups for c in self.block_out_channels):
             raise ValueError(f"block_out_channels {self.block_out_channels} must be multiples of norm_num_groups {self.norm_num_groups}")
 
@@ -53,6 +59,13 @@ def build_unet(cfg: UNetConfig) -> nn.Module:
     """The bare diffusers UNet for `cfg` (exported as-is)."""
     from diffusers import UNet2DConditionModel, UNet2DModel
 
+    name, kwargs = diffusers_unet_kwargs(cfg)
+    return {"UNet2DModel": UNet2DModel, "UNet2DConditionModel": UNet2DConditionModel}[name](**kwargs)
+
+
+def diffusers_unet_kwargs(cfg: UNetConfig) -> tuple[str, dict]:
+    """(diffusers class name, constructor arguments) for `cfg`: what `build_unet` builds, and what the
+    artifact layer compares an imported folder's config.json against."""
     common = dict(
         sample_size=cfg.sample_size,
         in_channels=cfg.in_channels,
@@ -60,29 +73,24 @@ def build_unet(cfg: UNetConfig) -> nn.Module:
         block_out_channels=tuple(cfg.block_out_channels),
         layers_per_block=cfg.layers_per_block,
         norm_num_groups=cfg.norm_num_groups,
+        dropout=cfg.dropout,
     )
     if cfg.conditioning == "text":
         down = tuple("CrossAttnDownBlock2D" if a else "DownBlock2D" for a in cfg.attention_levels)
         up = tuple("CrossAttnUpBlock2D" if a else "UpBlock2D" for a in reversed(cfg.attention_levels))
-        return UNet2DConditionModel(
-            **common,
-            down_block_types=down,
-            up_block_types=up,
-            cross_attention_dim=cfg.cross_attention_dim,
-            # UNet2DConditionModel reads `attention_head_dim` as the number of heads (a legacy name),
-            # so convert our per-head width into a head count per resolution.
-            attention_head_dim=tuple(max(1, c // cfg.attention_head_dim) for c in cfg.block_out_channels),
-            dropout=cfg.dropout,
-        )
+        # UNet2DConditionModel reads `attention_head_dim` as the number of heads (a legacy name), so
+        # convert our per-head width into a head count per resolution, unless the checkpoint fixed them.
+        heads = cfg.num_attention_heads or tuple(max(1, c // cfg.attention_head_dim) for c in cfg.block_out_channels)
+        return "UNet2DConditionModel", dict(**common, down_block_types=down, up_block_types=up,
+                                            cross_attention_dim=cfg.cross_attention_dim, attention_head_dim=heads)
     down = tuple("AttnDownBlock2D" if a else "DownBlock2D" for a in cfg.attention_levels)
     up = tuple("AttnUpBlock2D" if a else "UpBlock2D" for a in reversed(cfg.attention_levels))
-    return UNet2DModel(
+    return "UNet2DModel", dict(
         **common,
         down_block_types=down,
         up_block_types=up,
         attention_head_dim=cfg.attention_head_dim,
         num_class_embeds=cfg.num_classes + 1 if cfg.conditioning == "class" else None,  # +1: null class
-        dropout=cfg.dropout,
     )
 
 
@@ -160,4 +168,4 @@ PRESETS: dict[str, UNetConfig] = {
                       conditioning="text", cross_attention_dim=768),
 }
 
-__all__ = ["UNetConfig", "build_unet", "Denoiser", "PRESETS"]
+__all__ = ["UNetConfig", "build_unet", "diffusers_unet_kwargs", "Denoiser", "PRESETS"]

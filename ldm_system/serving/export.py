@@ -1,15 +1,20 @@
-"""`ldm export CKPT OUT_DIR`: one self-contained model folder from a training checkpoint.
+"""`ldm export CKPT OUT_DIR`: one self-contained model folder from a training checkpoint, loadable by
+our tools (ldm.json) and by stock diffusers (model_index.json):
 
     OUT/unet/                 diffusers `UNet2DModel` / `UNet2DConditionModel` (safetensors)
     OUT/vae/                  diffusers `AutoencoderKL` with `scaling_factor` = latent scale (KL only)
+    OUT/vqvae/                diffusers `VQModel` (VQ, when our quantizer maps onto it exactly)
     OUT/autoencoder/          our stage-1 checkpoint (KL or VQ), used by ldm sample/invert/edit
-    OUT/scheduler/            diffusers `DDIMScheduler` config with the training noise schedule
+    OUT/scheduler/            diffusers `DDIMScheduler` config with the training noise schedule and grid
     OUT/text_encoder/         transformers `CLIPTextModel` (text models only)
-    OUT/tokenizer/            its tokenizer (text models only)
+    OUT/tokenizer/            its tokenizer, model_max_length = the length we pad to (text models only)
+    OUT/model_index.json      the stock pipeline (serving/diffusers_pipeline.py says which)
+    OUT/pipeline.py           class-conditional models: our pipeline for diffusers' `custom_pipeline`
     OUT/ldm.json              our metadata: UNet and diffusion configs, latent scale, class names
 
 The weights come from the checkpoint's consolidated `weights/` (gathered from ZeRO-3 shards when
-it was written), EMA by default.
+it was written), EMA by default. The checkpoint is read through the artifact layer
+(`ldm_system/artifacts`), so exporting needs nothing of the training package.
 """
 from __future__ import annotations
 
@@ -17,77 +22,51 @@ import json
 import shutil
 from pathlib import Path
 
-from safetensors.torch import load_file
-
-from ldm_system.config import load_config, to_dict
-from ldm_system.models.exported import LDM_META
+from ldm_system.artifacts.kinds import LDM_META, resolve_checkpoint
+from ldm_system.config import to_dict
 from ldm_system.models.unet import build_unet
 
 
 def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, use_ema: bool = True) -> Path:
-    from diffusers import DDIMScheduler
+    from ldm_system.artifacts.checkpoints import read_stage2
+    from ldm_system.artifacts.scheduler import write_ddim_scheduler
+    from ldm_system.serving.diffusers_pipeline import sampling_grid, write_model_index
 
-    from ldm_system.train.runs import LDMRunConfig
-
-    ckpt, out = resolve_checkpoint(checkpoint), Path(out_dir)
-    if not (ckpt / "trainer.json").exists() or not (ckpt / "config.yaml").exists():
-        raise FileNotFoundError(f"{ckpt} is not an ldm-system stage-2 checkpoint (trainer.json/config.yaml missing)")
-    trainer = json.loads((ckpt / "trainer.json").read_text())
-    if trainer.get("task") != "DiffusionTask":
-        raise ValueError(f"{ckpt} holds a {trainer.get('task')!r} checkpoint; `ldm export` needs a stage-2 (DiffusionTask) one")
-    cfg = load_config(LDMRunConfig, ckpt / "config.yaml")
-    meta = trainer.get("task_metadata", {})
-    weights = ckpt / "weights" / ("unet.ema.safetensors" if use_ema else "unet.safetensors")
-    if not weights.exists():
-        if use_ema:
-            raise FileNotFoundError(f"{weights} not found: this run kept no EMA; export with --raw")
-        raise FileNotFoundError(f"{weights} not found")
-    state = {k.removeprefix("unet."): v for k, v in load_file(str(weights)).items()}
-    unet = build_unet(cfg.unet)
+    ck = read_stage2(checkpoint)
+    out = Path(out_dir)
+    state = ck.unet_state(use_ema)
+    unet = build_unet(ck.unet)
     unet.load_state_dict(state, strict=True)
     out.mkdir(parents=True, exist_ok=True)
     unet.save_pretrained(str(out / "unet"), safe_serialization=True)
-    DDIMScheduler(**cfg.diffusion.diffusers_scheduler_config()).save_pretrained(str(out / "scheduler"))
-    ae_path = meta.get("autoencoder") or ""
-    if ae_path:
-        _copy_autoencoder(Path(ae_path), out)
-    text = _copy_text_encoder(meta.get("text_encoder"), out) if cfg.unet.conditioning == "text" else None
+    grid = sampling_grid(ck.unet)
+    write_ddim_scheduler(ck.diffusion, grid, out / "scheduler")
+    ae_path = ck.meta.get("autoencoder") or ""
+    ae_kind, ae_note = (_copy_autoencoder(Path(ae_path), out) if ae_path else (None, ""))
+    text = _copy_text_encoder(ck.meta.get("text_encoder"), out) if ck.unet.conditioning == "text" else None
+    pipeline, reason = write_model_index(out, ck.unet, ae_kind, ae_note)
     info = {
         "format": "ldm-system/model",
         "version": 1,
-        "unet": to_dict(cfg.unet),
-        "diffusion": to_dict(cfg.diffusion),
-        "latent_scale": float(meta.get("latent_scale", 1.0)),
-        "classes": list(meta.get("classes", [])),
+        "unet": to_dict(ck.unet),
+        "diffusion": to_dict(ck.diffusion),
+        "latent_scale": float(ck.meta.get("latent_scale", 1.0)),
+        "classes": list(ck.meta.get("classes", [])),
         "weights": "ema" if use_ema else "raw",
-        "step": int(trainer["step"]),
-        "source_checkpoint": str(ckpt.resolve()),
+        "step": ck.step,
+        "source_checkpoint": str(ck.path.resolve()),
         "has_autoencoder": bool(ae_path),
         "text_encoder": text,  # {source, max_length, hidden_size} or None
+        "diffusers_pipeline": pipeline,  # the class stock diffusers loads, or None
+        "diffusers_pipeline_refused": reason,  # why not, when None
     }
     (out / LDM_META).write_text(json.dumps(info, indent=2))
     return out
 
 
-def resolve_checkpoint(path: str | Path) -> Path:
-    """A checkpoint folder, a run folder (its newest checkpoint) or a `checkpoints/latest` pointer."""
-    from ldm_system.train import checkpoint as ckpt
-
-    p = Path(path)
-    if p.is_file() and p.name == ckpt.LATEST:
-        p = p.parent / p.read_text().strip()
-    elif (p / "checkpoints").is_dir():
-        found = ckpt.resolve("latest", p)
-        if found is None:
-            raise FileNotFoundError(f"{path}: the run has no complete checkpoint yet")
-        p = found
-    if not p.is_dir():
-        raise FileNotFoundError(f"{path}: no such checkpoint")
-    return p
-
-
 def _copy_text_encoder(info: dict | None, out: Path) -> dict:
-    """Re-save the run's text encoder as OUT/text_encoder + OUT/tokenizer (whatever layout it came in)."""
+    """Re-save the run's text encoder as OUT/text_encoder + OUT/tokenizer (whatever layout it came in).
+    The tokenizer's model_max_length becomes the length we pad to: stock pipelines pad to it."""
     from ldm_system.models.text import TextEncoder
 
     if not info or not info.get("source"):
@@ -98,19 +77,38 @@ def _copy_text_encoder(info: dict | None, out: Path) -> dict:
     enc = TextEncoder.from_pretrained(src, int(info["max_length"]))
     if enc.hidden_size != int(info["hidden_size"]):
         raise ValueError(f"the text encoder at {src} now has hidden size {enc.hidden_size}, the run used {info['hidden_size']}")
+    enc.tokenizer.model_max_length = enc.max_length
     enc.save_pretrained(out)
     return enc.describe()
 
 
-def _copy_autoencoder(src: Path, out: Path) -> None:
-    from autoencoders.io import export_diffusers, load_autoencoder
+def _copy_autoencoder(src: Path, out: Path) -> tuple[str, str]:
+    """Copy our stage-1 folder (or rebuild a diffusers one as ours) into OUT/autoencoder and write its
+    diffusers twin (vae/ or vqvae/). Returns (kind, why there is no twin or "")."""
+    from autoencoders.diffusers_io import NotRepresentableError, export_vq_diffusers
+    from autoencoders.io import META_FILE, export_diffusers, load_autoencoder, save_autoencoder, stage1_folder
 
-    if not (src / "autoencoder.json").exists():
-        raise FileNotFoundError(f"the run's autoencoder {src} is gone; cannot export a latent model without it")
+    try:
+        folder = stage1_folder(src)
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"the run's autoencoder {src} is gone; cannot export a latent model without it") from e
     dst = out / "autoencoder"
     if dst.exists():
         shutil.rmtree(dst)
-    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("diffusers"))
-    ae, meta = load_autoencoder(dst)
+    if (folder / META_FILE).is_file():
+        shutil.copytree(folder, dst, ignore=shutil.ignore_patterns("diffusers"))
+        ae, meta = load_autoencoder(dst)
+    else:
+        ae, meta = load_autoencoder(folder)
+        save_autoencoder(ae, meta.config, meta.latent_scale, dst)
     if ae.kind == "kl":
         export_diffusers(ae, meta.latent_scale, out / "vae")
+        return "kl", ""
+    try:
+        export_vq_diffusers(ae, meta.latent_scale, out / "vqvae")
+    except NotRepresentableError as e:
+        return "vq", str(e)
+    return "vq", ""
+
+
+__all__ = ["export_checkpoint", "resolve_checkpoint"]

@@ -30,7 +30,7 @@ from ldm_system.diffusion.loop import StepCallback, sample
 from ldm_system.diffusion.null_inversion import null_condition_inversion
 from ldm_system.diffusion.samplers import SamplerConfig, make_sampler
 from ldm_system.models.conditioning import ClassSpec, Conditioning, per_image
-from ldm_system.models.exported import load_exported_ldm
+from ldm_system.artifacts.exported import load_exported_ldm
 from ldm_system.models.latent import LatentCodec
 from ldm_system.models.text import TextEncoder, check_cross_attention_dim
 from ldm_system.models.unet import Denoiser
@@ -41,8 +41,9 @@ from ldm_system.serving.requests import EditRequest, InterpolateRequest, InvertR
 class LDMPipeline:
     def __init__(self, denoiser: Denoiser, codec: LatentCodec, diffusion: DiffusionConfig,
                  classes: Sequence[str] = (), image_size: int | None = None, image_channels: int | None = None,
-                 text: TextEncoder | None = None) -> None:
+                 text: TextEncoder | None = None, steps_offset: int = 0) -> None:
         self.net = denoiser.eval().requires_grad_(False)
+        self.steps_offset = steps_offset  # the exported scheduler's grid offset (SD pipelines insist on 1)
         self.codec, self.diffusion, self.text = codec, diffusion, text
         if denoiser.cfg.conditioning == "text":
             if text is None:
@@ -61,10 +62,11 @@ class LDMPipeline:
     # ---- loading -------------------------------------------------------------------------
     @classmethod
     def from_pretrained(cls, path: str | Path, device: str | torch.device = "cpu") -> "LDMPipeline":
-        """Load an `ldm export` folder (`models/exported.py`, the one loader of that folder): a missing
+        """Load an `ldm export` folder (or a diffusers pipeline folder; `artifacts/exported.py` loads both): a missing
         or damaged part is an error that names the file."""
         parts = load_exported_ldm(path, device)
-        return cls(parts.denoiser, parts.codec, parts.diffusion, parts.classes, text=parts.text)
+        return cls(parts.denoiser, parts.codec, parts.diffusion, parts.classes, text=parts.text,
+                   steps_offset=parts.grid.steps_offset)
 
     # ---- helpers ---------------------------------------------------------------------------
     def model_fn(self, x: torch.Tensor, t: torch.Tensor, cond):
@@ -73,7 +75,8 @@ class LDMPipeline:
     def _sampler(self, name: str, steps: int, eta: float = 0.0, spacing: str | None = None):
         if steps <= 0:
             raise ValueError(f"steps must be positive, got {steps}")
-        return make_sampler(SamplerConfig(name=name, num_steps=steps, eta=eta, spacing=spacing), self.schedule,
+        return make_sampler(SamplerConfig(name=name, num_steps=steps, eta=eta, spacing=spacing,
+                                          steps_offset=self.steps_offset), self.schedule,
                             self.diffusion.prediction_type)
 
     def latent_shape(self, n: int) -> tuple[int, int, int, int]:

@@ -142,11 +142,14 @@ def build_text_encoder(cfg: LDMRunConfig) -> TextEncoder | None:
 
 def run_ldm(cfg: LDMRunConfig, resume: str | None = None, init_from: str | None = None,
             resume_weights_only: bool = False) -> Trainer:
-    from ldm_system.train.finetune import load_init_unet
+    from ldm_system.train.finetune import apply_init, load_init_unet, read_init_source
 
+    source = read_init_source(init_from) if init_from else None
+    if source is not None:  # a diffusers folder fixes the UNet, the forward process and the text encoder
+        cfg = apply_init(cfg, source)
     codec, kind, shape, info = data_codec(cfg)
     check_unet_fits(cfg.unet, shape)
-    init = load_init_unet(init_from, cfg.unet) if init_from else None
+    init = load_init_unet(source, cfg.unet) if source is not None else None
     task = DiffusionTask(cfg.unet, cfg.diffusion, cfg.optim, codec, kind, cfg.preview, init_unet=init, info=info,
                          text=build_text_encoder(cfg))
     trainer = Trainer(task, stream_factory(cfg.data), cfg.train, run_config=cfg, micro_batch=cfg.data.batch_size,
