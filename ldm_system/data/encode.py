@@ -12,6 +12,11 @@ What is stored (the choice, and why):
 
 The manifest's `meta` records the autoencoder path, its kind, the latent scale and the latent
 shape, so stage 2 never needs a literal scale.
+
+Bucketed image shards (`ldm data pack --buckets`) keep their shapes: the stream hands out one bucket
+per batch, each latent is stored at its own (c, h/f, w/f), and `meta["buckets"]` lists the latent
+buckets with their counts (so the stream batches them by bucket again). `latent_shape` is then the
+base (c, S/f, S/f), and `bucket_step` / `pixel_buckets` keep the pixel-side facts.
 """
 from __future__ import annotations
 
@@ -56,7 +61,13 @@ def encode_shards(
     cfg = meta.config
     if src.channels != cfg.in_channels:
         raise ValueError(f"{shards} holds {src.channels}-channel images; the autoencoder expects {cfg.in_channels}")
-    if src.image_size is None or src.image_size % cfg.f:
+    pixel_buckets = src.meta.get("buckets")
+    if pixel_buckets is not None:
+        odd = [f"{b['width']}x{b['height']}" for b in pixel_buckets if b["count"] and (b["width"] % cfg.f or b["height"] % cfg.f)]
+        if odd:
+            raise ValueError(f"{shards}: buckets {', '.join(odd)} are not multiples of the autoencoder's f={cfg.f}; "
+                             f"repack with a --bucket-step that is a multiple of {cfg.f}")
+    elif src.image_size is None or src.image_size % cfg.f:
         raise ValueError(f"{shards}: image size {src.image_size} is not a multiple of the autoencoder's f={cfg.f}")
     scale = float(meta.latent_scale)
     stream = make_loader(
@@ -65,6 +76,7 @@ def encode_shards(
     )
     log_s2 = 2.0 * math.log(scale)
     bar = tqdm(total=src.num_samples, desc="encode", disable=not progress)
+    latent_counts: dict[tuple[int, int], int] = {}  # (w, h) of the latents -> samples
     with ShardWriter(Path(out_dir), shard_size, overwrite=overwrite) as w:
         for batch in stream:
             images = batch.images.to(device).float()
@@ -78,6 +90,8 @@ def encode_shards(
             else:
                 latent = ae.encode_latents(images) * scale
                 entries = [{"latent.npy": _npy(latent[i])} for i in range(len(batch.keys))]
+            lh, lw = latent.shape[-2:]
+            latent_counts[(lw, lh)] = latent_counts.get((lw, lh), 0) + len(batch.keys)
             for i, key in enumerate(batch.keys):
                 e = entries[i]
                 label = int(batch.labels[i])
@@ -89,11 +103,20 @@ def encode_shards(
             bar.update(len(batch.keys))
         bar.close()
         latent_shape = list(latent.shape[1:])
+        bucket_meta = {}
+        if pixel_buckets is not None:
+            base = int(src.meta["base_size"]) // cfg.f
+            latent_shape = [latent_shape[0], base, base]
+            bucket_meta = {
+                "buckets": [{"width": lw, "height": lh, "count": n} for (lw, lh), n in sorted(latent_counts.items())],
+                "pixel_buckets": pixel_buckets,
+                "bucket_step": src.meta.get("bucket_step"),
+            }
         return w.write_manifest(
             source=f"encode:{src.source}",
             split=src.split,
             kind="latents",
-            image_size=latent_shape[-1],
+            image_size=None if pixel_buckets is not None else latent_shape[-1],
             channels=latent_shape[0],
             classes=src.classes,
             seed=src.seed,
@@ -105,5 +128,6 @@ def encode_shards(
                 "image_size": src.image_size,
                 "image_channels": src.channels,
                 "images": str(Path(shards).resolve()),
+                **bucket_meta,
             },
         )

@@ -90,8 +90,9 @@ def test_init_from_other_model_lists_mismatches(data, exported):
 
 def test_unet_that_does_not_fit_the_data_is_refused(data):
     root, lat = data
-    with pytest.raises(ValueError, match="unet.sample_size=16 but the data is 8x8"):
-        run_ldm(_cfg(lat, root / "bad2", "train.steps=1", "unet.sample_size=16"))
+    # sample_size is the base size (buckets train other shapes); channels must match
+    with pytest.raises(ValueError, match="unet.in_channels=4 but the data has 3 channels"):
+        run_ldm(_cfg(lat, root / "bad2", "train.steps=1", "unet.in_channels=4"))
 
 
 def test_online_encoding_and_pixel_space(data):
