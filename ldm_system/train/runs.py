@@ -119,12 +119,14 @@ def _manifest_folder(spec: str) -> str:
 
 
 def check_unet_fits(unet: UNetConfig, latent_shape: list[int]) -> None:
-    c, h, _ = latent_shape
+    c, h, w = latent_shape
     problems = []
     if unet.in_channels != c:
         problems.append(f"unet.in_channels={unet.in_channels} but the data has {c} channels")
-    if unet.sample_size != h:
-        problems.append(f"unet.sample_size={unet.sample_size} but the data is {h}x{h}")
+    # sample_size is the base size; the UNet trains on any shape its downsampling divides (buckets).
+    down = 2 ** (len(unet.block_out_channels) - 1)
+    if h % down or w % down:
+        problems.append(f"the data's latents are {h}x{w}, not divisible by the UNet's downsampling {down}")
     if problems:
         raise ValueError("the UNet does not fit the data: " + "; ".join(problems))
 
