@@ -39,6 +39,7 @@ CLI: Names = {  # request field → the flag that sets it, for error messages
     "eta": "--eta", "fixed_point_iters": "--fixed-point", "null_optimization": "--null-opt",
     "keep_steps": "--keep-steps", "strength": "--strength", "source_class": "--source-class",
     "target_class": "--target-class", "source_prompt": "--source-prompt", "target_prompt": "--target-prompt",
+    "height": "--height", "width": "--width",
 }
 
 
@@ -111,7 +112,8 @@ def cmd_sample(a: argparse.Namespace) -> int:
     from ldm_system.serving.image_io import save_pngs
     from ldm_system.serving.progress import step_progress
 
-    req = SampleRequest(a.num, a.classes, a.prompts, a.sampler, a.steps, a.eta, a.guidance, a.seed).check(names=CLI)
+    req = SampleRequest(a.num, a.classes, a.prompts, a.sampler, a.steps, a.eta, a.guidance, a.seed,
+                        a.height, a.width).check(names=CLI)
     out = _check_image_out(a.out)
     pipe = _load_pipeline(a)
     req = _per_image(pipe, req, a.num)
@@ -258,6 +260,9 @@ def _sample_command(sub) -> None:
     p.add_argument("--nrow", type=int, default=None, help="images per grid row")
     p.add_argument("--out", default="samples.png", help="grid image")
     p.add_argument("--individual", default=None, metavar="DIR", help="also write one PNG per image here")
+    p.add_argument("--height", type=int, default=None, help="image height in pixels, a multiple of the model's "
+                   "pixel step (default: the training size)")
+    p.add_argument("--width", type=int, default=None, help="image width in pixels (as --height)")
     p.set_defaults(fn=cmd_sample)
 
 

@@ -57,6 +57,7 @@ class LDMPipeline:
         u = denoiser.cfg
         f = 1 if codec.is_identity else codec.ae.cfg.f
         self.image_size = image_size or u.sample_size * f
+        self.f = f
         self.image_channels = image_channels or (u.in_channels if codec.is_identity else codec.ae.cfg.in_channels)
 
     # ---- loading -------------------------------------------------------------------------
@@ -79,9 +80,22 @@ class LDMPipeline:
                                           steps_offset=self.steps_offset), self.schedule,
                             self.diffusion.prediction_type)
 
-    def latent_shape(self, n: int) -> tuple[int, int, int, int]:
+    @property
+    def pixel_step(self) -> int:
+        """Image sides must be multiples of this: the autoencoder's f times the UNet's downsampling."""
+        return self.f * 2 ** (len(self.net.cfg.block_out_channels) - 1)
+
+    def latent_shape(self, n: int, height: int | None = None, width: int | None = None) -> tuple[int, int, int, int]:
+        """(n, c, h, w) of the latents for images of height x width pixels (None: the base size)."""
         u = self.net.cfg
-        return (n, u.in_channels, u.sample_size, u.sample_size)
+        step = self.pixel_step
+        for name, side in (("height", height), ("width", width)):
+            if side is not None and (side < 1 or side % step):
+                raise ValueError(f"{name} {side} is not a multiple of {step} (the autoencoder's f={self.f} times the "
+                                 f"UNet's downsampling {step // self.f}); try {max(step, round(side / step) * step)}")
+        h = u.sample_size if height is None else height // self.f
+        w = u.sample_size if width is None else width // self.f
+        return (n, u.in_channels, h, w)
 
     def check_images(self, images: torch.Tensor) -> torch.Tensor:
         want = (self.image_channels, self.image_size, self.image_size)
@@ -99,14 +113,17 @@ class LDMPipeline:
     @torch.no_grad()
     def sample(self, num: int, classes: Sequence[ClassSpec] | None = None, sampler: str = "ddim", steps: int = 50,
                eta: float = 0.0, guidance: float = 1.0, seed: int = 0, progress: bool = False,
-               prompts: Sequence[str] | None = None, callback: StepCallback | None = None) -> torch.Tensor:
-        """num images (num, C, H, W) in [-1, 1]; classes or prompts: one per image (none: unconditional)."""
-        r = SampleRequest(num, classes, prompts, sampler, steps, eta, guidance, seed).check()
+               prompts: Sequence[str] | None = None, callback: StepCallback | None = None,
+               height: int | None = None, width: int | None = None) -> torch.Tensor:
+        """num images (num, C, H, W) in [-1, 1]; classes or prompts: one per image (none: unconditional).
+        height / width: any multiple of `pixel_step` (a model trained on buckets draws every bucket)."""
+        r = SampleRequest(num, classes, prompts, sampler, steps, eta, guidance, seed, height, width).check()
+        shape = self.latent_shape(r.num, r.height, r.width)
         cond = self.conditioning.condition(r.classes, r.prompts, r.num)
         # an unconditional draw would mix the null output with itself, at twice the cost
         g = self.conditioning.guidance(r.guidance, cond) if r.classes is not None or r.prompts is not None else None
         gen = torch.Generator(device="cpu").manual_seed(r.seed)
-        z = sample(self.model_fn, self._sampler(r.sampler, r.steps, r.eta), self.latent_shape(r.num),
+        z = sample(self.model_fn, self._sampler(r.sampler, r.steps, r.eta), shape,
                    num_steps=r.steps, cond=cond, guidance=g, generator=gen, device=self.device, progress=progress,
                    callback=callback)
         return self.codec.decode(z).clamp(-1, 1)

@@ -101,10 +101,15 @@ class SampleRequest(_Request):
     eta: float = 0.0
     guidance: float = 1.0
     seed: int = 0
+    height: int | None = None  # pixels; None: the model's base size. A multiple of the model's
+    width: int | None = None  # pixel step (LDMPipeline.pixel_step), checked with the model
 
     def check(self, limits: Limits = NO_LIMITS, names: Names = API) -> "SampleRequest":
         r = _Rules(names, limits)
         r.count("num", self.num, 1, limits.max_batch)
+        for side in ("height", "width"):
+            if getattr(self, side) is not None:
+                r.count(side, getattr(self, side), 1, None)
         r.steps(self.steps)
         r.guidance(self.guidance)
         r.finite("eta", self.eta)

@@ -31,11 +31,14 @@ class SampleRequest(_Request):
     eta: float = 0.0
     guidance: float = 1.0
     seed: int = 0
+    height: Optional[int] = Field(None, description="pixels, a multiple of the model's pixel step; null: the training size")
+    width: Optional[int] = Field(None, description="pixels, as height")
 
     def request(self) -> requests.SampleRequest:
         return requests.SampleRequest(self.num, per_image(self.classes, self.num, "classes"),
                                       per_image(self.prompts, self.num, "prompts", "prompt"),
-                                      self.sampler, self.steps, self.eta, self.guidance, self.seed)
+                                      self.sampler, self.steps, self.eta, self.guidance, self.seed,
+                                      self.height, self.width)
 
 
 class _ImagesRequest(_Request):

@@ -94,3 +94,30 @@ def test_unet_check_is_divisibility_not_equality() -> None:
     check_unet_fits(unet, [3, 6, 12])  # another bucket than the base size trains
     with pytest.raises(ValueError, match="latents are 6x5, not divisible by the UNet's downsampling 2"):
         check_unet_fits(unet, [3, 6, 5])
+
+
+def test_sample_a_non_square_image(stages, tmp_path: Path, capsys) -> None:
+    from ldm_system.cli import main
+    from ldm_system.serving.export import export_checkpoint
+    from ldm_system.serving.pipeline import LDMPipeline
+
+    root, _, _ = stages
+    if not (root / "full").exists():
+        run_ldm(_ldm(root, "full", 4))
+    model = export_checkpoint(root / "full", tmp_path / "model")
+    pipe = LDMPipeline.from_pretrained(model)
+    assert pipe.pixel_step == 8  # f=4 times the UNet's downsampling 2
+    images = pipe.sample(2, steps=2, height=24, width=48)
+    assert images.shape == (2, 1, 24, 48) and torch.isfinite(images).all()
+    with pytest.raises(ValueError, match="height 20 is not a multiple of 8"):
+        pipe.sample(1, steps=2, height=20)
+    out = tmp_path / "wide.png"
+    assert main(["sample", "--model", str(model), "--num", "2", "--steps", "2", "--width", "64", "--height", "16",
+                 "--out", str(out), "--no-progress"]) == 0
+    assert Image.open(out).size[0] > Image.open(out).size[1]  # a grid of two 64x16 images
+    code = main(["sample", "--model", str(model), "--num", "1", "--steps", "2", "--width", "30", "--out",
+                 str(out), "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2 and "width 30 is not a multiple of 8" in err and "Traceback" not in err
+    code = main(["sample", "--model", str(model), "--height", "0", "--out", str(out), "--no-progress"])
+    assert code == 2 and "--height must be positive, got 0" in capsys.readouterr().err

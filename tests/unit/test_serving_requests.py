@@ -86,7 +86,8 @@ def test_edit_or_sdedit_picks_the_mode():
 
 def test_arguments_are_the_pipeline_keywords():
     assert SampleRequest(num=2, seed=3).arguments() == dict(num=2, classes=None, prompts=None, sampler="ddim",
-                                                           steps=50, eta=0.0, guidance=1.0, seed=3)
+                                                           steps=50, eta=0.0, guidance=1.0, seed=3, height=None,
+                                                           width=None)
 
 
 # ---- conditioning ---------------------------------------------------------------------------------
