@@ -110,7 +110,7 @@ def _export(run: Path, out: Path, raw: bool) -> dict[str, torch.Tensor]:
     return tensors
 
 
-@pytest.mark.parametrize("accel", ["multi_node", "zero2"])  # DDP, DeepSpeed ZeRO-2
+@pytest.mark.parametrize("accel", ["multi_node", "zero2", "zero3"])  # DDP, DeepSpeed ZeRO-2, ZeRO-3
 def test_preempted_job_requeues_and_matches_uninterrupted(slurm_env, tmp_path, accel):
     t_start = time.monotonic()
     latents = build_debug_latents(tmp_path / "data")
@@ -140,7 +140,12 @@ def test_preempted_job_requeues_and_matches_uninterrupted(slurm_env, tmp_path, a
     assert _last_step(run) < STEPS // 2, "the run got too far before the signal: raise STEPS"
     subprocess.run(["scancel", "--signal=USR1", "--full", jid], env=env, check=True, timeout=30)
 
-    _wait(lambda: int(_job(env, jid).get("Restarts", "0")) >= 1, 300, f"job {jid} to requeue", log)
+    def requeued_or_ended():
+        j = _job(env, jid)
+        return j if int(j.get("Restarts", "0")) >= 1 or j.get("JobState") in TERMINAL else None
+
+    j = _wait(requeued_or_ended, 300, f"job {jid} to requeue", log)
+    assert int(j.get("Restarts", "0")) >= 1, f"job {jid} ended without a requeue: {j}\n{log.read_text()[-4000:]}"
     t_requeued = time.monotonic()
     done = _wait(lambda: (j := _job(env, jid)).get("JobState") in TERMINAL and j, 900, f"job {jid} to finish", log)
     base = _wait(lambda: (j := _job(env, base_jid)).get("JobState") in TERMINAL and j, 900,
