@@ -125,6 +125,19 @@ def test_zero3_on_two_machines_resumes_bit_for_bit(latents, tmp_path):
     assert la == lb
 
 
+def _kill_machine(pid: int) -> None:
+    """SIGKILL a launcher and every process below it. torchrun's workers leave the launcher's process
+    group, and a killed launcher does not take them along: only a whole-machine kill is a dead machine."""
+    import psutil
+
+    root = psutil.Process(pid)
+    for p in [*root.children(recursive=True), root]:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+
+
 def test_a_dead_machine_does_not_hang_the_other(latents, tmp_path):
     out = tmp_path / "dead"
     args = _args(latents, out, 400, "--set", "train.ckpt_every=2", "--set", "train.dist_timeout_s=30")
@@ -134,7 +147,7 @@ def test_a_dead_machine_does_not_hang_the_other(latents, tmp_path):
         assert all(p.poll() is None for p in procs), "training ended before a machine could be killed"
         assert time.time() < deadline, "no checkpoint appeared"
         time.sleep(0.1)
-    os.killpg(procs[1].pid, signal.SIGKILL)  # machine 1 dies: its launcher and its worker
+    _kill_machine(procs[1].pid)  # machine 1 dies: its launcher and its worker
     killed_at = time.time()
     try:
         procs[0].communicate(timeout=120)
