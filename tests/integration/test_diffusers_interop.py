@@ -1,0 +1,152 @@
+"""Both ways with diffusers, on tiny random folders built by diffusers' own classes in the test:
+import (SD-style text pipeline, CompVis-LDM-style VQ + unconditional UNet, a bare class-conditional
+UNet) → a few fine-tuning steps → `ldm export` → the stock diffusers pipeline draws what `ldm sample`
+draws from the same noise, within 1e-4."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from ldm_system.config import load_config
+from ldm_system.train.runs import LDMRunConfig, run_ldm
+
+STEPS, TOL = 5, 1e-4
+
+
+def _blocks(n, kind):
+    return tuple(kind for _ in range(n))
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """Fashion-MNIST images at 16 px and three source folders made with diffusers' classes."""
+    from diffusers import (AutoencoderKL, DDIMScheduler, LDMPipeline, StableDiffusionPipeline, UNet2DConditionModel,
+                           UNet2DModel, VQModel)
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    from ldm_system.data.pack import pack
+    from ldm_system.models.text import save_random_text_encoder
+
+    root = tmp_path_factory.mktemp("interop")
+    pack("builtin:fashion-mnist", root / "images", image_size=16, split="test", limit=32, shard_size=32)
+    torch.manual_seed(0)
+    enc = dict(in_channels=1, out_channels=1, block_out_channels=(8, 16), norm_num_groups=8, layers_per_block=1,
+               down_block_types=_blocks(2, "DownEncoderBlock2D"), up_block_types=_blocks(2, "UpDecoderBlock2D"))
+    clip = save_random_text_encoder(root / "clip", hidden_size=32, max_length=16)
+    tok = CLIPTokenizer.from_pretrained(str(clip / "tokenizer"))  # model_max_length stays huge: import caps it
+    sd_sched = DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, steps_offset=1,
+                             clip_sample=False, set_alpha_to_one=False)
+    StableDiffusionPipeline(
+        vae=AutoencoderKL(**enc, latent_channels=4, scaling_factor=0.7),
+        text_encoder=CLIPTextModel.from_pretrained(str(clip / "text_encoder")), tokenizer=tok,
+        unet=UNet2DConditionModel(sample_size=8, in_channels=4, out_channels=4, block_out_channels=(16, 32),
+                                  down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                                  up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), layers_per_block=1,
+                                  cross_attention_dim=32, attention_head_dim=2, norm_num_groups=8),  # 2 heads (SD-1.x)
+        scheduler=sd_sched, safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    ).save_pretrained(str(root / "sd"))
+    LDMPipeline(
+        vqvae=VQModel(**enc, latent_channels=3, num_vq_embeddings=32, scaling_factor=1.3),
+        unet=UNet2DModel(sample_size=8, in_channels=3, out_channels=3, block_out_channels=(16, 32),
+                         down_block_types=("DownBlock2D", "AttnDownBlock2D"), up_block_types=("AttnUpBlock2D", "UpBlock2D"),
+                         layers_per_block=1, attention_head_dim=8, norm_num_groups=8),
+        scheduler=DDIMScheduler(clip_sample=False),
+    ).save_pretrained(str(root / "compvis"))
+    UNet2DModel(sample_size=8, in_channels=4, out_channels=4, block_out_channels=(16, 32),
+                down_block_types=("DownBlock2D", "AttnDownBlock2D"), up_block_types=("AttnUpBlock2D", "UpBlock2D"),
+                layers_per_block=1, attention_head_dim=8, norm_num_groups=8, num_class_embeds=11,
+                ).save_pretrained(str(root / "class_unet"))
+    UNet2DModel(sample_size=16, in_channels=1, out_channels=1, block_out_channels=(16, 32),
+                down_block_types=("DownBlock2D", "AttnDownBlock2D"), up_block_types=("AttnUpBlock2D", "UpBlock2D"),
+                layers_per_block=1, attention_head_dim=8, norm_num_groups=8).save_pretrained(str(root / "pixel_unet"))
+    return root
+
+
+def _encode(world, source, name):
+    from ldm_system.data.encode import encode_shards
+
+    out = world / name
+    if not (out / "manifest.json").exists():
+        encode_shards(world / source, world / "images", out, batch_size=32, shard_size=32, progress=False)
+    return out
+
+
+def _finetune(world, latents, out, init_from, *extra):
+    cfg = load_config(LDMRunConfig, None, [f"data.shards={latents}", f"train.out_dir={world / out}", "data.batch_size=4",
+                                           "data.num_workers=0", "train.steps=20", "train.ckpt_every=20",
+                                           "train.ema_module=unet", "train.progress=false", "preview.num_images=2",
+                                           "preview.steps=2", *extra])
+    run_ldm(cfg, init_from=str(init_from)).close()
+    from ldm_system.serving.export import export_checkpoint
+
+    return export_checkpoint(world / out, world / f"{out}-export")
+
+
+def _ours(export, **kw):
+    from ldm_system.serving.pipeline import LDMPipeline
+
+    images = LDMPipeline.from_pretrained(export).sample(steps=STEPS, seed=0, **kw)
+    return (images / 2 + 0.5).permute(0, 2, 3, 1).numpy()  # (B, H, W, C) in [0, 1], as output_type="np"
+
+
+def _max_delta(a, b) -> float:
+    d = float(np.abs(np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)).max())
+    print(f"max |delta| = {d:.3g}")
+    return d
+
+
+def test_sd_style_text_folder_round_trip(world):
+    from diffusers import DiffusionPipeline, StableDiffusionPipeline
+
+    export = _finetune(world, _encode(world, "sd/vae", "sd-latents"), "sd-run", world / "sd")
+    meta = json.loads((export / "ldm.json").read_text())
+    assert meta["diffusion"]["beta_schedule"] == "scaled-linear"  # from the folder's scheduler, not typed in
+    assert meta["unet"]["num_attention_heads"] == [2, 2] and meta["diffusers_pipeline"] == "StableDiffusionPipeline"
+    assert meta["text_encoder"]["max_length"] == 16  # capped by the text model's positions
+    pipe = DiffusionPipeline.from_pretrained(str(export))
+    assert isinstance(pipe, StableDiffusionPipeline) and pipe.scheduler.config.steps_offset == 1
+    prompts = ["Sneaker", "Bag"]
+    theirs = pipe(prompts, num_inference_steps=STEPS, guidance_scale=3.0, generator=torch.Generator().manual_seed(0),
+                  output_type="np").images
+    assert _max_delta(_ours(export, num=2, prompts=prompts, guidance=3.0), theirs) < TOL
+
+
+def test_compvis_style_vq_folder_round_trip(world):
+    from diffusers import DiffusionPipeline, LDMPipeline, VQModel
+
+    export = _finetune(world, _encode(world, "compvis", "vq-latents"), "vq-run", world / "compvis")
+    pipe = DiffusionPipeline.from_pretrained(str(export))
+    assert isinstance(pipe, LDMPipeline) and isinstance(pipe.vqvae, VQModel)
+    theirs = pipe(batch_size=2, num_inference_steps=STEPS, generator=torch.Generator().manual_seed(0),
+                  output_type="np").images
+    assert _max_delta(_ours(export, num=2), theirs) < TOL
+
+
+def test_class_conditional_unet_round_trip_through_the_shipped_pipeline(world):
+    from diffusers import DiffusionPipeline
+
+    export = _finetune(world, _encode(world, "sd/vae", "sd-latents"), "cls-run", world / "class_unet")
+    assert (export / "pipeline.py").is_file()
+    pipe = DiffusionPipeline.from_pretrained(str(export), custom_pipeline=str(export), trust_remote_code=True)
+    theirs = pipe(class_labels=[0, 3], guidance_scale=2.0, num_inference_steps=STEPS,
+                  generator=torch.Generator().manual_seed(0), output_type="np").images
+    assert _max_delta(_ours(export, num=2, classes=[0, 3], guidance=2.0), theirs) < TOL
+
+
+def test_pixel_space_unet_round_trip_as_ddim_pipeline(world):
+    from diffusers import DDIMPipeline, DiffusionPipeline
+
+    export = _finetune(world, world / "images", "px-run", world / "pixel_unet")
+    pipe = DiffusionPipeline.from_pretrained(str(export))
+    assert isinstance(pipe, DDIMPipeline)
+    theirs = pipe(batch_size=2, num_inference_steps=STEPS, generator=torch.Generator().manual_seed(0),
+                  output_type="np").images
+    assert _max_delta(_ours(export, num=2), theirs) < TOL
+
+
+def test_vae_whose_channels_do_not_fit_the_unet_is_refused(world):
+    with pytest.raises(ValueError, match="unet.in_channels=3 but the data has 4 channels"):
+        _finetune(world, _encode(world, "sd/vae", "sd-latents"), "bad-run", world / "compvis" / "unet")
