@@ -38,7 +38,7 @@ from ldm_system.train.preemption import Preempted, PreemptionFlag, write_status
 from ldm_system.train.prepare import Prepared, make_accelerator, prepare, warmup_cosine, zero_stage
 from ldm_system.train.resume import (ResumePlan, advance_schedulers, check_shapes, ema_weights, load_weights,
                                      plan as resume_plan)
-from ldm_system.train.task import Task
+from ldm_system.train.task import Task, call_hook
 
 
 @dataclass(frozen=True)
@@ -111,8 +111,7 @@ class Trainer:
         # torch, numpy and python RNGs, per rank (the same initial weights on all ranks come from DDP's
         # broadcast); all three are in every checkpoint, so seeding them all makes checkpoints comparable.
         set_seed(cfg.seed + acc.process_index)
-        if hasattr(task, "to_device"):
-            task.to_device(acc.device)  # frozen helpers (autoencoder, text encoder) stay unwrapped
+        call_hook(task, "to_device", acc.device)  # frozen helpers (autoencoder, text encoder) stay unwrapped
         modules = task.build()
         self.plan = None
         if resume:
@@ -182,8 +181,7 @@ class Trainer:
                 dump_config(self.run_config, tmp / "config.yaml")
             meta = {**self.state_dict(), "world_size": acc.num_processes, "zero_stage": zero_stage(acc),
                     "task": type(self.task).__name__, "ema_updates": self.ema.num_updates if self.ema else 0}
-            if hasattr(self.task, "checkpoint_metadata"):
-                meta["task_metadata"] = self.task.checkpoint_metadata()
+            meta["task_metadata"] = call_hook(self.task, "checkpoint_metadata")
             ckpt.write_json(tmp / "trainer.json", meta)
             ckpt.write_manifest(tmp)  # last: a folder without it is incomplete
             path = ckpt.commit(root, self.step, self.cfg.keep_last)

@@ -14,6 +14,7 @@ the generator's optimizer, and only then compute the discriminator loss on fresh
 """
 from __future__ import annotations
 
+import copy
 from typing import Any, Iterator, Mapping, Protocol, runtime_checkable
 
 import torch
@@ -48,3 +49,29 @@ class Task(Protocol):
         """Images in [-1, 1], (B, C, H, W), to save as a grid. Called on every rank (ZeRO-3 needs
         all ranks in a forward); only rank 0 writes the file."""
         ...
+
+
+class TaskHooks(Protocol):
+    """Optional hooks: a task defines the ones it needs; `call_hook` supplies the defaults below.
+
+    - `to_device(device)`: move frozen helpers (an autoencoder, a text encoder) that are not trainable
+      modules and so are never wrapped by the engine. Default: nothing to move.
+    - `checkpoint_metadata() -> dict`: JSON-able facts stored in every checkpoint's `trainer.json`
+      (e.g. the class names, the latent scale's source). Default: none.
+    """
+
+    def to_device(self, device: torch.device) -> None: ...
+
+    def checkpoint_metadata(self) -> dict[str, Any]: ...
+
+
+HOOK_DEFAULTS: dict[str, Any] = {"to_device": None, "checkpoint_metadata": {}}
+
+
+def call_hook(task: Any, name: str, *args: Any) -> Any:
+    """The task's optional hook `name` (one of TaskHooks), or its default when the task has none."""
+    if name not in HOOK_DEFAULTS:
+        raise KeyError(f"{name!r} is not an optional task hook; known: {sorted(HOOK_DEFAULTS)}")
+    hook = getattr(task, name, None)
+    return hook(*args) if hook is not None else copy.copy(HOOK_DEFAULTS[name])
+

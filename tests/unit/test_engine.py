@@ -19,6 +19,21 @@ def test_toy_task_satisfies_protocol():
     assert isinstance(ToyTask(), Task)
 
 
+def test_optional_hooks_have_defaults():
+    from ldm_system.train.task import call_hook
+
+    assert call_hook(ToyTask(), "checkpoint_metadata") == {}
+    assert call_hook(ToyTask(), "to_device", torch.device("cpu")) is None
+
+    class WithMeta(ToyTask):
+        def checkpoint_metadata(self):
+            return {"classes": ["a"]}
+
+    assert call_hook(WithMeta(), "checkpoint_metadata") == {"classes": ["a"]}
+    with pytest.raises(KeyError, match="not an optional task hook"):
+        call_hook(ToyTask(), "to_devices")
+
+
 def test_trains_and_writes_run_folder(tmp_path):
     tr = Trainer(ToyTask(), ToyStream(), _cfg(tmp_path, steps=40, ckpt_every=0), run_config=_cfg(tmp_path))
     first = None
