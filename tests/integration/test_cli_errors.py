@@ -143,3 +143,26 @@ def test_user_mistakes_are_one_line_and_exit_2(case, words, tmp_path: Path) -> N
 def test_debug_shows_the_traceback(tmp_path: Path) -> None:
     result = ldm(tmp_path, "--debug", *case_missing_config(tmp_path))
     assert result.returncode == 1 and "Traceback" in result.stderr and "ConfigError" in result.stderr
+
+
+def _pixel_run(tmp: Path) -> list[str]:
+    """`ldm train` on tiny 8x8 grey image shards, pixel space (no autoencoder needed)."""
+    return ["train", "--config", str(LDM_CONFIG), "--set", f"data.shards={_packed(tmp)}", "--set",
+            "unet.in_channels=1", "--set", f"train.out_dir={tmp / 'run'}", "--set", "train.steps=1"]
+
+
+@pytest.mark.parametrize("extra_env, args, words", [
+    ({"ACCELERATE_MIXED_PRECISION": "bf16"}, ["--set", "train.mixed_precision=fp16"],
+     ["ldm train: error:", "train.mixed_precision is 'fp16' in the config but the launcher says 'bf16'"]),
+    ({}, ["--resume", "no-such-checkpoint"],
+     ["ldm train: error:", "--resume no-such-checkpoint: no such checkpoint folder", "--resume latest"]),
+], ids=["launcher_conflict", "missing_resume_folder"])
+def test_training_mistakes_are_one_line(extra_env, args, words, tmp_path: Path, monkeypatch) -> None:
+    for k, v in extra_env.items():
+        monkeypatch.setenv(k, v)
+    result = ldm(tmp_path, *_pixel_run(tmp_path), *args)
+    errors = [l for l in result.stderr.splitlines() if "error" in l.lower()]
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert len(errors) == 1, result.stderr
+    for word in words:
+        assert word in errors[0], errors[0]
