@@ -1,7 +1,7 @@
 """Our training checkpoints (`run/checkpoints/step_N/`) as read by export and `--init-from`:
 
     trainer.json                  {"task", "step", "task_metadata": {latent_scale, classes, autoencoder, ...}}
-    config.yaml                   the resolved run config (we read its `unet:` and `diffusion:` sections)
+    config.yaml                   the resolved run config (we read its `unet:`, `diffusion:` and `lora:` sections)
     weights/unet[.ema].safetensors  consolidated weights (gathered from ZeRO-3 shards when written)
 
 Read without importing the training package: serving and export sit beside it, not above it.
@@ -19,6 +19,7 @@ from autoencoders.weights import read_weights
 from ldm_system.artifacts.kinds import CONFIG_YAML, TRAINER_JSON, WEIGHTS_DIR, resolve_checkpoint
 from ldm_system.config import from_dict
 from ldm_system.diffusion.config import DiffusionConfig
+from ldm_system.models.lora import LoRAConfig
 from ldm_system.models.unet import UNetConfig
 
 
@@ -29,6 +30,7 @@ class Stage2Checkpoint:
     unet: UNetConfig
     diffusion: DiffusionConfig
     meta: dict  # task_metadata
+    lora: LoRAConfig = LoRAConfig()  # adapters the weights carry (rank 0: none)
 
     def unet_state(self, use_ema: bool = True, fallback: bool = False) -> dict[str, torch.Tensor]:
         """The UNet's state dict (EMA by default; with `fallback`, raw weights when there is no EMA)."""
@@ -50,7 +52,8 @@ def read_stage2(path: str | Path) -> Stage2Checkpoint:
     src = str(ckpt / CONFIG_YAML)
     return Stage2Checkpoint(ckpt, int(trainer["step"]), from_dict(UNetConfig, raw.get("unet", {}), source=src, where="unet"),
                             from_dict(DiffusionConfig, raw.get("diffusion", {}), source=src, where="diffusion"),
-                            dict(trainer.get("task_metadata", {})))
+                            dict(trainer.get("task_metadata", {})),
+                            from_dict(LoRAConfig, raw.get("lora", {}), source=src, where="lora"))
 
 
 __all__ = ["Stage2Checkpoint", "read_stage2"]

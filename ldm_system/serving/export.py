@@ -10,6 +10,7 @@ our tools (ldm.json) and by stock diffusers (model_index.json):
     OUT/tokenizer/            its tokenizer, model_max_length = the length we pad to (text models only)
     OUT/model_index.json      the stock pipeline (serving/diffusers_pipeline.py says which)
     OUT/pipeline.py           class-conditional models: our pipeline for diffusers' `custom_pipeline`
+    OUT/lora/                 LoRA runs of text models: the adapters alone (`pipe.load_lora_weights`); unet/ is merged
     OUT/ldm.json              our metadata: UNet and diffusion configs, latent scale, class names
 
 The weights come from the checkpoint's consolidated `weights/` (gathered from ZeRO-3 shards when
@@ -36,8 +37,18 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, use_ema: bool
     out = Path(out_dir)
     state = ck.unet_state(use_ema)
     unet = build_unet(ck.unet)
-    unet.load_state_dict(state, strict=True)
     out.mkdir(parents=True, exist_ok=True)
+    lora_dir = None
+    if ck.lora.enabled:  # adapters alone for load_lora_weights, then merged: unet/ is the fine-tuned model
+        from ldm_system.models.lora import add_lora, merge_lora, save_lora
+
+        add_lora(unet, ck.lora)
+        unet.load_state_dict(state, strict=True)
+        if ck.unet.conditioning == "text":
+            lora_dir = save_lora(unet, ck.lora, out)
+        merge_lora(unet)
+    else:
+        unet.load_state_dict(state, strict=True)
     unet.save_pretrained(str(out / "unet"), safe_serialization=True)
     grid = sampling_grid(ck.unet)
     write_ddim_scheduler(ck.diffusion, grid, out / "scheduler")
@@ -59,6 +70,8 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, use_ema: bool
         "text_encoder": text,  # {source, max_length, hidden_size} or None
         "diffusers_pipeline": pipeline,  # the class stock diffusers loads, or None
         "diffusers_pipeline_refused": reason,  # why not, when None
+        "lora": {"rank": ck.lora.rank, "alpha": ck.lora.alpha or ck.lora.rank, "targets": list(ck.lora.targets),
+                 "adapter": str(lora_dir.name) if lora_dir else None} if ck.lora.enabled else None,
     }
     (out / LDM_META).write_text(json.dumps(info, indent=2))
     return out

@@ -26,6 +26,7 @@ from ldm_system.diffusion.samplers import SamplerConfig, make_sampler
 from ldm_system.diffusion.targets import diffusion_loss, offset_noise, sample_timesteps
 from ldm_system.models.conditioning import Conditioning
 from ldm_system.models.latent import LatentCodec
+from ldm_system.models.lora import LoRAConfig, add_lora
 from ldm_system.models.text import TextEncoder, check_cross_attention_dim, drop_captions
 from ldm_system.models.unet import Denoiser, UNetConfig
 
@@ -58,6 +59,7 @@ class DiffusionTask:
         init_unet: nn.Module | None = None,
         info: dict[str, Any] | None = None,
         text: TextEncoder | None = None,
+        lora: LoRAConfig | None = None,
     ) -> None:
         self.unet_cfg, self.diff_cfg, self.optim_cfg, self.preview_cfg = unet, diffusion, optim, preview
         self.codec, self.input_kind = codec, input_kind
@@ -65,6 +67,7 @@ class DiffusionTask:
         self.init_unet = init_unet
         self.info = dict(info or {})  # provenance recorded in checkpoints (classes, autoencoder path)
         self.text = text  # frozen, never wrapped or prepared: not one of build()'s modules
+        self.lora = lora if lora is not None and lora.enabled else None  # adapters only: the UNet stays frozen
         if unet.conditioning == "text":
             if text is None:
                 raise ValueError("unet.conditioning is 'text' but no text encoder was given (set text.path)")
@@ -81,7 +84,10 @@ class DiffusionTask:
             self.text.to(device)
 
     def build(self) -> dict[str, nn.Module]:
-        return {"unet": Denoiser(self.unet_cfg, self.init_unet)}
+        net = Denoiser(self.unet_cfg, self.init_unet)
+        if self.lora is not None:  # before the engine loads a checkpoint: resume sees the same keys
+            add_lora(net.unet, self.lora)
+        return {"unet": net}
 
     def optimizers(self, modules: Mapping[str, nn.Module]) -> dict[str, torch.optim.Optimizer]:
         o = self.optim_cfg

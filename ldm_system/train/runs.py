@@ -18,6 +18,7 @@ from ldm_system.data.manifest import read_manifest
 from ldm_system.data.stream import StreamConfig, make_loader
 from ldm_system.diffusion.config import DiffusionConfig
 from ldm_system.models.latent import LatentCodec
+from ldm_system.models.lora import LoRAConfig
 from ldm_system.models.text import TextEncoder, TextEncoderConfig
 from ldm_system.models.unet import UNetConfig
 from ldm_system.train.diffusion_task import DiffusionTask, OptimConfig, PreviewConfig
@@ -47,6 +48,7 @@ class LDMRunConfig:
     preview: PreviewConfig = field(default_factory=PreviewConfig)
     train: EngineConfig = field(default_factory=EngineConfig)
     text: TextEncoderConfig = field(default_factory=TextEncoderConfig)  # used when unet.conditioning is "text"
+    lora: LoRAConfig = field(default_factory=LoRAConfig)  # rank > 0: train LoRA adapters only (models/lora.py)
     # Stage-1 checkpoint for *image* shards (online encoding). Latent shards name their own
     # autoencoder in the manifest; "" with image shards means pixel-space diffusion.
     autoencoder: str = ""
@@ -153,7 +155,7 @@ def run_ldm(cfg: LDMRunConfig, resume: str | None = None, init_from: str | None 
     check_unet_fits(cfg.unet, shape)
     init = load_init_unet(source, cfg.unet) if source is not None else None
     task = DiffusionTask(cfg.unet, cfg.diffusion, cfg.optim, codec, kind, cfg.preview, init_unet=init, info=info,
-                         text=build_text_encoder(cfg))
+                         text=build_text_encoder(cfg), lora=cfg.lora)
     trainer = Trainer(task, stream_factory(cfg.data), cfg.train, run_config=cfg, micro_batch=cfg.data.batch_size,
                       resume=resume, resume_weights_only=resume_weights_only)
     trainer.fit()

@@ -114,6 +114,24 @@ def test_sd_style_text_folder_round_trip(world):
     assert _max_delta(_ours(export, num=2, prompts=prompts, guidance=3.0), theirs) < TOL
 
 
+def test_lora_fine_tune_of_an_sd_folder_exports_adapters_stock_diffusers_applies(world):
+    from diffusers import DiffusionPipeline, UNet2DConditionModel
+
+    export = _finetune(world, _encode(world, "sd/vae", "sd-latents"), "lora-run", world / "sd", "lora.rank=4",
+                       "lora.alpha=8", "optim.lr=0.01")
+    assert json.loads((export / "ldm.json").read_text())["lora"]["adapter"] == "lora"
+    base = UNet2DConditionModel.from_pretrained(str(world / "sd"), subfolder="unet")
+    pipe = DiffusionPipeline.from_pretrained(str(export), unet=base)  # the untouched base UNet + our adapters
+    prompts, gen = ["Sneaker", "Bag"], lambda: torch.Generator().manual_seed(0)
+    kw = dict(num_inference_steps=STEPS, guidance_scale=3.0, output_type="np")
+    without = pipe(prompts, generator=gen(), **kw).images
+    pipe.load_lora_weights(str(export / "lora"))
+    theirs = pipe(prompts, generator=gen(), **kw).images
+    ours = _ours(export, num=2, prompts=prompts, guidance=3.0)  # unet/ holds the merged weights
+    assert _max_delta(ours, theirs) < TOL
+    assert _max_delta(ours, without) > 1e-3  # the adapters changed the model
+
+
 def test_compvis_style_vq_folder_round_trip(world):
     from diffusers import DiffusionPipeline, LDMPipeline, VQModel
 
