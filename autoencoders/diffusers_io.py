@@ -7,7 +7,8 @@ would write back (the class's defaults plus our arguments) must equal the folder
 every architecture key, otherwise the folder is refused naming the keys (a silently different
 model would encode to other latents).
 
-The latent scale is the folder's `scaling_factor` (diffusers multiplies latents by it, as we do).
+The latent scale is the folder's `scaling_factor` (diffusers multiplies latents by it, as we do); a
+folder without one has its scale measured on the caller's images (`load_autoencoder(scale_from=...)`).
 """
 from __future__ import annotations
 
@@ -80,7 +81,7 @@ def config_differences(folder_cfg: dict, cls_name: str, kwargs: dict) -> list[st
     return out
 
 
-def config_from_diffusers(folder: Path) -> tuple[AutoencoderConfig, float]:
+def config_from_diffusers(folder: Path) -> tuple[AutoencoderConfig, float | None]:
     """(our config, latent scale) for a diffusers stage-1 folder, or NotRepresentableError with the reason."""
     raw = read_config(folder)
     name = raw.get("_class_name")
@@ -100,10 +101,8 @@ def config_from_diffusers(folder: Path) -> tuple[AutoencoderConfig, float]:
     if diff:
         raise NotRepresentableError(f"{folder}: this {name} differs from every stage-1 model we build:\n  "
                                     + "\n  ".join(diff))
-    if "scaling_factor" not in raw:
-        raise NotRepresentableError(f"{folder}/{CONFIG_FILE} has no scaling_factor; add the latent scale there "
-                                    "(1/std of the unscaled latents of your data)")
-    return cfg, float(raw["scaling_factor"])
+    # None: the folder names no scale; the caller measures one on its data or refuses (autoencoders/io.py)
+    return cfg, (float(raw["scaling_factor"]) if raw.get("scaling_factor") is not None else None)
 
 
 def load_diffusers_stage1(folder: Path):

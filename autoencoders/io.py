@@ -13,6 +13,7 @@ import json
 import math
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+from typing import Callable
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -141,19 +142,27 @@ def stage1_folder(path: str | Path) -> Path:
 
 
 def load_autoencoder(
-    path: str | Path, expected: AutoencoderConfig | None = None, device: str | torch.device = "cpu"
+    path: str | Path, expected: AutoencoderConfig | None = None, device: str | torch.device = "cpu",
+    scale_from: Callable[[Autoencoder], float] | None = None,
 ) -> tuple[Autoencoder, AutoencoderMeta]:
     """Rebuild the model from `autoencoder.json` and load its weights (eval mode).
 
     With `expected`, a checkpoint of another config is refused with the differing fields listed.
     A diffusers `AutoencoderKL` / `VQModel` folder (or a pipeline folder holding one as `vae/` or
-    `vqvae/`) is read through `autoencoders/diffusers_io.py`, its `scaling_factor` as the latent scale.
+    `vqvae/`) is read through `autoencoders/diffusers_io.py`, its `scaling_factor` as the latent scale,
+    or, when it has none, `scale_from(autoencoder)` (a measurement on the caller's images).
     """
     path = stage1_folder(path)
     if not (path / META_FILE).is_file():
         from autoencoders.diffusers_io import load_diffusers_stage1
 
         ae, cfg, scale = load_diffusers_stage1(path)
+        if scale is None:  # `scale_from` measures 1/std of the latents on the caller's images
+            if scale_from is None:
+                raise CheckpointMismatchError(
+                    f"{path}/config.json has no scaling_factor and no images were given to measure one; add the "
+                    "latent scale there, or train stage 2 on image shards with `autoencoder:` (measured there)")
+            scale = scale_from(ae.to(device).eval())
         if expected is not None and expected != cfg:
             diff = "\n  ".join(_config_diff(cfg, expected))
             raise CheckpointMismatchError(f"autoencoder {path} has another model config:\n  {diff}")

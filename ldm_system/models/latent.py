@@ -24,10 +24,12 @@ class LatentCodec:
             self.ae.eval().requires_grad_(False)
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, sample_posterior: bool = True) -> "LatentCodec":
+    def from_checkpoint(cls, path: str | Path, sample_posterior: bool = True, scale_from=None) -> "LatentCodec":
+        """Our stage-1 folder or a diffusers AutoencoderKL/VQModel one; `scale_from(ae) -> float` measures
+        the scale of a diffusers folder that names none."""
         from autoencoders.io import load_autoencoder
 
-        ae, meta = load_autoencoder(path)
+        ae, meta = load_autoencoder(path, scale_from=scale_from)
         return cls(ae, meta.latent_scale, sample_posterior)
 
     @classmethod

@@ -53,7 +53,8 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, use_ema: bool
     grid = sampling_grid(ck.unet)
     write_ddim_scheduler(ck.diffusion, grid, out / "scheduler")
     ae_path = ck.meta.get("autoencoder") or ""
-    ae_kind, ae_note = (_copy_autoencoder(Path(ae_path), out) if ae_path else (None, ""))
+    scale = float(ck.meta.get("latent_scale", 1.0))
+    ae_kind, ae_note = (_copy_autoencoder(Path(ae_path), out, scale) if ae_path else (None, ""))
     text = _copy_text_encoder(ck.meta.get("text_encoder"), out) if ck.unet.conditioning == "text" else None
     pipeline, reason = write_model_index(out, ck.unet, ae_kind, ae_note)
     info = {
@@ -95,9 +96,10 @@ def _copy_text_encoder(info: dict | None, out: Path) -> dict:
     return enc.describe()
 
 
-def _copy_autoencoder(src: Path, out: Path) -> tuple[str, str]:
+def _copy_autoencoder(src: Path, out: Path, run_scale: float) -> tuple[str, str]:
     """Copy our stage-1 folder (or rebuild a diffusers one as ours) into OUT/autoencoder and write its
-    diffusers twin (vae/ or vqvae/). Returns (kind, why there is no twin or "")."""
+    diffusers twin (vae/ or vqvae/). Returns (kind, why there is no twin or ""). `run_scale` is the scale
+    the run trained with (measured on its images when a diffusers folder named none)."""
     from autoencoders.diffusers_io import NotRepresentableError, export_vq_diffusers
     from autoencoders.io import META_FILE, export_diffusers, load_autoencoder, save_autoencoder, stage1_folder
 
@@ -112,7 +114,7 @@ def _copy_autoencoder(src: Path, out: Path) -> tuple[str, str]:
         shutil.copytree(folder, dst, ignore=shutil.ignore_patterns("diffusers"))
         ae, meta = load_autoencoder(dst)
     else:
-        ae, meta = load_autoencoder(folder)
+        ae, meta = load_autoencoder(folder, scale_from=lambda _: run_scale)
         save_autoencoder(ae, meta.config, meta.latent_scale, dst)
     if ae.kind == "kl":
         export_diffusers(ae, meta.latent_scale, out / "vae")

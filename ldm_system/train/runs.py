@@ -108,9 +108,17 @@ def _data_codec(cfg: LDMRunConfig):
     size = cfg.data.image_size or manifest.image_size
     if not cfg.autoencoder:
         return LatentCodec.identity(), "image", [cfg.data.channels or manifest.channels, size, size], "", manifest
-    codec = LatentCodec.from_checkpoint(cfg.autoencoder)
+    codec = LatentCodec.from_checkpoint(cfg.autoencoder, scale_from=lambda ae: _measure_scale(ae, cfg.data))
     f, c = codec.ae.cfg.f, codec.ae.cfg.latent_channels
     return codec, "image", [c, size // f, size // f], str(Path(cfg.autoencoder).resolve()), manifest
+
+
+def _measure_scale(ae, data: StreamConfig, batches: int = 8) -> float:
+    """1/std of the latents of the run's own images: the scale of a diffusers autoencoder that names none."""
+    from autoencoders.factory import measure_latent_scale
+
+    probe = dataclasses.replace(data, num_workers=0, infinite=False, flip=False)
+    return measure_latent_scale(ae, iter(make_loader(probe)), max_batches=batches)
 
 
 def _manifest_folder(spec: str) -> str:

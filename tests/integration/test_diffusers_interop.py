@@ -168,3 +168,22 @@ def test_pixel_space_unet_round_trip_as_ddim_pipeline(world):
 def test_vae_whose_channels_do_not_fit_the_unet_is_refused(world):
     with pytest.raises(ValueError, match="unet.in_channels=3 but the data has 4 channels"):
         _finetune(world, _encode(world, "sd/vae", "sd-latents"), "bad-run", world / "compvis" / "unet")
+
+
+def test_a_vae_without_scaling_factor_gets_its_scale_measured_on_the_run_images(world):
+    import shutil
+
+    from autoencoders.io import load_autoencoder
+
+    vae = world / "noscale-vae"
+    if not vae.exists():
+        shutil.copytree(world / "sd" / "vae", vae)
+        cfg = json.loads((vae / "config.json").read_text())
+        del cfg["scaling_factor"]
+        (vae / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match="no scaling_factor and no images were given"):
+        load_autoencoder(vae)
+    export = _finetune(world, world / "images", "noscale-run", world / "class_unet", f"autoencoder={vae}")
+    scale = json.loads((export / "ldm.json").read_text())["latent_scale"]
+    assert scale != 0.7 and scale > 0  # measured, not the diffusers default
+    assert json.loads((export / "vae" / "config.json").read_text())["scaling_factor"] == pytest.approx(scale)
