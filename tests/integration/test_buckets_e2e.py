@@ -92,3 +92,14 @@ def test_sample_a_non_square_image(stages, tmp_path: Path, capsys) -> None:
     assert code == 2 and "width 30 is not a multiple of 8" in err and "Traceback" not in err
     code = main(["sample", "--model", str(model), "--height", "0", "--out", str(out), "--no-progress"])
     assert code == 2 and "--height must be positive, got 0" in capsys.readouterr().err
+
+
+def test_encode_refuses_buckets_the_autoencoder_cannot_divide(stages, tmp_path: Path) -> None:
+    from ldm_system.data.encode import encode_shards
+    from ldm_system.data.pack import pack
+
+    root, _, _ = stages
+    pack(str(root / "src"), tmp_path / "odd", image_size=12, buckets=True, bucket_step=2, channels=1)
+    with pytest.raises(ValueError, match="not multiples of the autoencoder's f=4; repack with a --bucket-step "
+                                         "that is a multiple of 4"):
+        encode_shards(root / "ae" / "autoencoder", tmp_path / "odd", tmp_path / "lat", progress=False)

@@ -132,3 +132,17 @@ def test_placement_of_extreme_and_tiny_images() -> None:
     buckets = bucket_list(SIZE)
     assert place(20, 30, buckets).resized[0] >= place(20, 30, buckets).bucket[0]  # upscaled to cover
     assert place(1000, 10, buckets).bucket == (128, 32)
+
+
+def test_cli_prints_buckets_and_refuses_a_coarse_step(tmp_path: Path, capsys) -> None:
+    from ldm_system.cli import main
+
+    make_shapes_folder(tmp_path / "src")
+    assert main(["data", "pack", str(tmp_path / "src"), str(tmp_path / "out"), "--image-size", "64", "--buckets"]) == 0
+    out = capsys.readouterr().out
+    assert "buckets (WxH:count): " in out and "64x64:2" in out and "area lost: mean" in out
+    assert main(["data", "pack", str(tmp_path / "src"), str(tmp_path / "o2"), "--image-size", "64", "--buckets",
+                 "--bucket-step", "32"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("ldm data pack: error: buckets for --image-size 64 with --bucket-step 32 leave aspect "
+                              "gaps") and "--bucket-step 16" in err[-1]
