@@ -34,7 +34,8 @@ class LDMGenerator:
         classes = self.conditioning.cycle_classes(num) if u.conditioning == "class" else None
         cond = self.conditioning.condition(classes, None, num)  # text models: the empty prompt
         guidance = self.conditioning.guidance(self.guidance, cond)
-        sampler = make_sampler(SamplerConfig(name="ddim", num_steps=self.steps), self.schedule,
+        sampler = make_sampler(SamplerConfig(name="ddim", num_steps=self.steps,
+                                             steps_offset=self.model.grid.steps_offset), self.schedule,
                                self.model.diffusion.prediction_type)
         gen = torch.Generator(device="cpu").manual_seed(seed)
         z = sample(self.model.denoiser, sampler, (num, u.in_channels, u.sample_size, u.sample_size),

@@ -31,7 +31,7 @@ from ldm_system.eval.features import EFFNET_FD_LABEL, build_feature_extractor
 from ldm_system.eval.ldm_generator import LDMGenerator
 from ldm_system.eval.metrics import frechet_distance_from_features, precision_recall
 from ldm_system.eval.protocols import GenerativeModel, LikelihoodModel
-from ldm_system.artifacts.kinds import LDM_META
+from ldm_system.artifacts.kinds import LDM_META, MODEL_INDEX
 from ldm_system.images import make_grid
 
 
@@ -52,7 +52,7 @@ class Row:
 def load_generator(path: str | Path, ldm_steps: int = 50, ldm_guidance: float = 1.0) -> tuple[str, GenerativeModel]:
     """(family, generator) for an `ldm export` folder or a baseline model/run folder."""
     path = Path(path)
-    if (path / LDM_META).exists():
+    if (path / LDM_META).exists() or (path / MODEL_INDEX).exists():  # ours, or a diffusers pipeline folder
         return "ldm", LDMGenerator(path, steps=ldm_steps, guidance=ldm_guidance)
     meta_file = path / MODEL_JSON if (path / MODEL_JSON).exists() else path / "model" / MODEL_JSON
     if not meta_file.exists():

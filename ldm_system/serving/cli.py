@@ -239,7 +239,7 @@ def server_token(token_file: str | None) -> str | None:
 
 # ---- parser -------------------------------------------------------------------------------------
 def _common(p: argparse.ArgumentParser, steps: int = 50) -> None:
-    p.add_argument("--model", required=True, help="an `ldm export` folder")
+    p.add_argument("--model", required=True, help="an `ldm export` folder or a diffusers pipeline folder")
     p.add_argument("--steps", type=int, default=steps, help="sampler steps (default %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="noise seed (DDIM inversion and class edits are deterministic)")
     p.add_argument("--device", default="cpu")

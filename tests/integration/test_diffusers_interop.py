@@ -187,3 +187,14 @@ def test_a_vae_without_scaling_factor_gets_its_scale_measured_on_the_run_images(
     scale = json.loads((export / "ldm.json").read_text())["latent_scale"]
     assert scale != 0.7 and scale > 0  # measured, not the diffusers default
     assert json.loads((export / "vae" / "config.json").read_text())["scaling_factor"] == pytest.approx(scale)
+
+
+def test_ldm_sample_takes_a_diffusers_pipeline_folder_as_model(world, tmp_path):
+    from PIL import Image
+
+    from ldm_system.cli import main
+
+    out = tmp_path / "grid.png"
+    assert main(["sample", "--model", str(world / "compvis"), "--num", "2", "--steps", "2", "--out", str(out),
+                 "--no-progress"]) == 0
+    assert Image.open(out).size[0] >= 16
