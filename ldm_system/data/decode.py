@@ -43,6 +43,7 @@ MEAN_ENTRY = "mean.npy"
 LOGVAR_ENTRY = "logvar.npy"
 LABEL_ENTRY = "cls"
 CAPTION_ENTRY = "txt"
+PLACEMENT_ENTRY = "json"  # bucketed shards: where the image came from (see buckets.Placement)
 FLIP_PROBABILITY = 0.5
 _GRAY_MODES = ("L", "LA", "1", "I", "I;16", "F")
 _LATENT_NDIM = 3  # (C, h, w)
@@ -76,6 +77,7 @@ class Decoded:
     label: int
     caption: str
     key: str
+    placement: bytes = b""  # the sample's `json` entry as stored (bucketed shards), else empty
 
 
 def decode_sample(raw: RawSample, opts: DecodeOptions, epoch: int) -> Decoded:
@@ -89,7 +91,7 @@ def decode_sample(raw: RawSample, opts: DecodeOptions, epoch: int) -> Decoded:
         image = _latent(raw, opts, epoch)
     else:
         image = _image(raw, opts, epoch)
-    return Decoded(image, label, caption, raw.key)
+    return Decoded(image, label, caption, raw.key, raw.entries.get(PLACEMENT_ENTRY, b""))
 
 
 def _label(raw: RawSample) -> int:

@@ -8,7 +8,8 @@ What is stored (the choice, and why):
   *scaled* space. With `data.sample_posterior: true` the stream draws a fresh z ~ N(mean, e^logvar)
   each epoch, which is what LDM trains on; the posterior is kept so that this stays possible after
   encoding once.
-- `cls` and `txt` are carried over unchanged, keys are preserved.
+- `cls`, `txt` and (bucketed shards) the `json` placement record are carried over unchanged, keys
+  are preserved.
 
 The manifest's `meta` records the autoencoder path, its kind, the latent scale and the latent
 shape, so stage 2 never needs a literal scale.
@@ -99,6 +100,8 @@ def encode_shards(
                     e["cls"] = str(label).encode()
                 if batch.captions[i]:
                     e["txt"] = batch.captions[i].encode("utf-8")
+                if batch.placements and batch.placements[i]:
+                    e["json"] = batch.placements[i]  # original size and crop, for size conditioning
                 w.write(key, e)
             bar.update(len(batch.keys))
         bar.close()

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -42,12 +42,15 @@ class Batch:
 
     images: float32 (B, C, H, W), in [-1, 1] for image shards, the stored latents for latent shards.
     labels: int64 (B,), -1 where a sample has no label.
+    placements: per sample, the raw `json` record of a bucketed pack (original size, crop offsets:
+    what size conditioning needs), b"" where there is none; empty when no sample has one.
     """
 
     images: torch.Tensor
     labels: torch.Tensor
     captions: list[str]
     keys: list[str]
+    placements: list[bytes] = field(default_factory=list)
 
     def __iter__(self) -> Iterator[Any]:
         # Only for the engine's `_batch_len`, which counts images through `next(iter(batch))`; goes
@@ -64,6 +67,7 @@ class Batch:
             self.labels.to(device, non_blocking=non_blocking),
             self.captions,
             self.keys,
+            self.placements,
         )
 
 
@@ -93,6 +97,7 @@ def collate(samples: list[Decoded]) -> Batch:
         labels=torch.tensor([d.label for d in samples], dtype=torch.long),
         captions=[d.caption for d in samples],
         keys=[d.key for d in samples],
+        placements=[d.placement for d in samples] if any(d.placement for d in samples) else [],
     )
 
 

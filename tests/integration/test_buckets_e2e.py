@@ -3,6 +3,7 @@
 stage 2 a few steps on mixed-shape latents, and a resumed stage 2 that matches an uninterrupted one."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -34,6 +35,10 @@ def test_pack_encode_keep_every_bucket(stages) -> None:
     seen = {}
     for b in make_loader(StreamConfig(shards=str(root / "latents"), batch_size=3, num_workers=0, infinite=False)):
         seen.update({k: tuple(b.images.shape[2:]) for k in b.keys})
+        for record, z in zip(b.placements, b.images):  # the size-conditioning record travels with the latent
+            w, h = json.loads(record)["bucket"]
+            assert tuple(z.shape[1:]) == (h // 4, w // 4)
+        assert len(b.placements) == b.size
     assert len(seen) == len(SHAPES) and len(set(seen.values())) == len(pixel)
 
 
