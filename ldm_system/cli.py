@@ -70,9 +70,12 @@ def cmd_data_encode(a: argparse.Namespace) -> int:
     from ldm_system.data.encode import encode_shards
 
     m = encode_shards(a.autoencoder, a.shards, a.out_dir, batch_size=a.batch_size, shard_size=a.shard_size,
-                      device=a.device, overwrite=a.overwrite)
+                      device=a.device, overwrite=a.overwrite, text_encoder=a.text_encoder,
+                      text_max_length=a.text_max_length)
     print(f"encoded {m.num_samples} samples → {a.out_dir} (latents {m.meta['latent_shape']}, "
           f"scale {m.meta['latent_scale']:.5f})")
+    if a.text_encoder:
+        print(f"  cached text states of {a.text_encoder} (weights sha256 {m.meta['text_encoder']['weights_sha256'][:12]})")
     return 0
 
 
@@ -203,6 +206,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shard-size", type=int, default=10000)
     p.add_argument("--device", default="cpu")
     p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--text-encoder", default=None, metavar="PATH",
+                   help="also cache each caption's states from this local CLIP text model (fp16, next to the latent)")
+    p.add_argument("--text-max-length", type=int, default=77, help="tokens per caption for --text-encoder")
     p.set_defaults(fn=cmd_data_encode)
 
     p = sub.add_parser("train-ae", help="stage 1: train a KL or VQ autoencoder")

@@ -27,6 +27,7 @@ import torch
 from ldm_system.data.captions import shuffle_tags
 from ldm_system.data.rng import KeyedRandom
 from ldm_system.data.sources.base import UNLABELLED
+from ldm_system.data.text_cache import TEXT_ENTRY
 from ldm_system.data.tario import RawSample
 from ldm_system.data.transforms import (
     CHANNEL_MODES,
@@ -78,6 +79,7 @@ class Decoded:
     caption: str
     key: str
     placement: bytes = b""  # the sample's `json` entry as stored (bucketed shards), else empty
+    text: torch.Tensor | None = None  # cached text-encoder states (L, D) float32, see text_cache.py
 
 
 def decode_sample(raw: RawSample, opts: DecodeOptions, epoch: int) -> Decoded:
@@ -91,7 +93,10 @@ def decode_sample(raw: RawSample, opts: DecodeOptions, epoch: int) -> Decoded:
         image = _latent(raw, opts, epoch)
     else:
         image = _image(raw, opts, epoch)
-    return Decoded(image, label, caption, raw.key, raw.entries.get(PLACEMENT_ENTRY, b""))
+    text = None
+    if TEXT_ENTRY in raw.entries:
+        text = torch.from_numpy(_load_npy(raw, TEXT_ENTRY, ndim=2).astype(np.float32))
+    return Decoded(image, label, caption, raw.key, raw.entries.get(PLACEMENT_ENTRY, b""), text)
 
 
 def _label(raw: RawSample) -> int:
@@ -120,13 +125,13 @@ def _image(raw: RawSample, opts: DecodeOptions, epoch: int) -> torch.Tensor:
     return to_uint8_tensor(img)
 
 
-def _load_npy(raw: RawSample, entry: str) -> np.ndarray:
+def _load_npy(raw: RawSample, entry: str, ndim: int = _LATENT_NDIM) -> np.ndarray:
     try:
         arr = np.load(io.BytesIO(raw.entries[entry]), allow_pickle=False)
     except Exception as exc:  # noqa: BLE001 - np.load raises ValueError/OSError/EOFError/...
         raise CorruptSample(f"{raw.key}.{entry}: {type(exc).__name__}: {exc}") from None
-    if arr.ndim != _LATENT_NDIM or not np.issubdtype(arr.dtype, np.floating):
-        raise CorruptSample(f"{raw.key}.{entry}: expected a float (C, h, w) array, got {arr.dtype} {arr.shape}")
+    if arr.ndim != ndim or not np.issubdtype(arr.dtype, np.floating):
+        raise CorruptSample(f"{raw.key}.{entry}: expected a float {ndim}-d array, got {arr.dtype} {arr.shape}")
     return arr
 
 

@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 
 from ldm_system.data.manifest import Manifest, read_manifest
 from ldm_system.data.stream import StreamConfig, make_loader
+from ldm_system.data.text_cache import TEXT_ENTRY, TextCache
 from ldm_system.data.writer import ShardWriter, check_out_dir
 
 
@@ -51,7 +52,11 @@ def encode_shards(
     device: str = "cpu",
     overwrite: bool = False,
     progress: bool = True,
+    text_encoder: str | Path | None = None,
+    text_max_length: int = 77,
 ) -> Manifest:
+    """With `text_encoder` (a local CLIP text model folder), each caption's states are cached next to
+    its latent (text_cache.py)."""
     from autoencoders.io import load_autoencoder
 
     src = read_manifest(shards)
@@ -71,6 +76,7 @@ def encode_shards(
     elif src.image_size is None or src.image_size % cfg.f:
         raise ValueError(f"{shards}: image size {src.image_size} is not a multiple of the autoencoder's f={cfg.f}")
     scale = float(meta.latent_scale)
+    text = TextCache(text_encoder, text_max_length, device) if text_encoder else None
     stream = make_loader(
         StreamConfig(shards=str(shards), batch_size=batch_size, num_workers=num_workers, infinite=False,
                      shuffle_buffer=0, shard_shuffle=False)
@@ -91,6 +97,7 @@ def encode_shards(
             else:
                 latent = ae.encode_latents(images) * scale
                 entries = [{"latent.npy": _npy(latent[i])} for i in range(len(batch.keys))]
+            text_states = text.entries(batch.captions) if text is not None else []
             lh, lw = latent.shape[-2:]
             latent_counts[(lw, lh)] = latent_counts.get((lw, lh), 0) + len(batch.keys)
             for i, key in enumerate(batch.keys):
@@ -100,11 +107,15 @@ def encode_shards(
                     e["cls"] = str(label).encode()
                 if batch.captions[i]:
                     e["txt"] = batch.captions[i].encode("utf-8")
+                if text is not None:
+                    e[TEXT_ENTRY] = text_states[i]
                 if batch.placements and batch.placements[i]:
                     e["json"] = batch.placements[i]  # original size and crop, for size conditioning
                 w.write(key, e)
             bar.update(len(batch.keys))
         bar.close()
+        if text is not None:
+            text.write_null(Path(out_dir))
         latent_shape = list(latent.shape[1:])
         bucket_meta = {}
         if pixel_buckets is not None:
@@ -132,5 +143,6 @@ def encode_shards(
                 "image_channels": src.channels,
                 "images": str(Path(shards).resolve()),
                 **bucket_meta,
+                **({"text_encoder": text.identity} if text is not None else {}),
             },
         )

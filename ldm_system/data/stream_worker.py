@@ -51,6 +51,7 @@ class Batch:
     captions: list[str]
     keys: list[str]
     placements: list[bytes] = field(default_factory=list)
+    text: torch.Tensor | None = None  # (B, L, D) cached text-encoder states, when the shards hold them
 
     def __iter__(self) -> Iterator[Any]:
         # Only for the engine's `_batch_len`, which counts images through `next(iter(batch))`; goes
@@ -68,6 +69,7 @@ class Batch:
             self.captions,
             self.keys,
             self.placements,
+            None if self.text is None else self.text.to(device, non_blocking=non_blocking),
         )
 
 
@@ -98,6 +100,7 @@ def collate(samples: list[Decoded]) -> Batch:
         captions=[d.caption for d in samples],
         keys=[d.key for d in samples],
         placements=[d.placement for d in samples] if any(d.placement for d in samples) else [],
+        text=torch.stack([d.text for d in samples]) if all(d.text is not None for d in samples) else None,
     )
 
 

@@ -108,3 +108,28 @@ def test_encode_refuses_buckets_the_autoencoder_cannot_divide(stages, tmp_path: 
     with pytest.raises(ValueError, match="not multiples of the autoencoder's f=4; repack with a --bucket-step "
                                          "that is a multiple of 4"):
         encode_shards(root / "ae" / "autoencoder", tmp_path / "odd", tmp_path / "lat", progress=False)
+
+
+def test_cached_text_embeddings(stages, tmp_path: Path) -> None:
+    from ldm_system.data.encode import encode_shards
+    from ldm_system.data.text_cache import check_text_encoder, load_null_text
+    from ldm_system.models.text import TextEncoder, save_random_text_encoder
+
+    root, _, _ = stages
+    clip = save_random_text_encoder(tmp_path / "clip", hidden_size=32, max_length=16)
+    m = encode_shards(root / "ae" / "autoencoder", root / "images", tmp_path / "lat", batch_size=4, progress=False,
+                      text_encoder=clip, text_max_length=16)
+    ident = m.meta["text_encoder"]
+    assert ident["hidden_size"] == 32 and ident["max_length"] == 16 and len(ident["weights_sha256"]) == 64
+    enc = TextEncoder.from_pretrained(clip, 16)
+    n = 0
+    for b in make_loader(StreamConfig(shards=str(tmp_path / "lat"), batch_size=3, num_workers=0, infinite=False)):
+        assert b.text is not None and b.text.shape == (b.size, 16, 32) and b.text.dtype == torch.float32
+        torch.testing.assert_close(b.text, enc.encode(b.captions), atol=2e-2, rtol=1e-2)  # fp16 storage
+        n += b.size
+    assert n == len(SHAPES)
+    torch.testing.assert_close(load_null_text(tmp_path / "lat"), enc.null(), atol=2e-2, rtol=1e-2)
+    check_text_encoder(m, clip, tmp_path / "lat")  # the same encoder (another path would do too)
+    other = save_random_text_encoder(tmp_path / "clip2", hidden_size=32, max_length=16, seed=1)
+    with pytest.raises(ValueError, match="cached with another text encoder"):
+        check_text_encoder(m, other, tmp_path / "lat")
