@@ -118,13 +118,18 @@ def interleave(contenders: list[Contender], repeats: int, warmup: bool = True,
 def ratio_rows(rates: dict[str, dict[str, list[float]]], base: str, invert: bool = False) -> list[list[object]]:
     """Table rows: per clock, each contender's median images/s and its median per-repeat ratio to
     `base` (contender / base, or base / contender with `invert`)."""
-    rows = []
+    ratios = median_ratios(rates, base, invert)
+    return [[name, kind, median(r[kind]), spread(r[kind]), f"{ratios[f'{name}, {kind}']:.2f}x"]
+            for kind in ("wall", "cpu") for name, r in rates.items()]
+
+
+def median_ratios(rates: dict[str, dict[str, list[float]]], base: str, invert: bool = False) -> dict[str, float]:
+    """{"<contender>, <clock>": median per-repeat ratio to `base`}: the numbers behind `ratio_rows`."""
+    out = {}
     for kind in ("wall", "cpu"):
         for name, r in rates.items():
-            b = rates[base][kind]
-            ratio = [(y / x if invert else x / y) for x, y in zip(r[kind], b)]
-            rows.append([name, kind, median(r[kind]), spread(r[kind]), f"{median(ratio):.2f}x"])
-    return rows
+            out[f"{name}, {kind}"] = median([(y / x if invert else x / y) for x, y in zip(r[kind], rates[base][kind])])
+    return out
 
 
 def median(values: list[float]) -> float:
@@ -134,21 +139,6 @@ def median(values: list[float]) -> float:
 def spread(values: list[float]) -> str:
     """min–max of the segments, to show how noisy the run was."""
     return f"{min(values):.3g}–{max(values):.3g}"
-
-
-def table(headers: list[str], rows: list[list[object]]) -> str:
-    """A Markdown table (pasted as-is into benchmarks/README.md)."""
-    cells = [[str(h) for h in headers]] + [[_fmt(v) for v in row] for row in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
-    lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |" for r in cells]
-    lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
-    return "\n".join(lines)
-
-
-def _fmt(v: object) -> str:
-    if isinstance(v, float):
-        return f"{v:.3g}" if abs(v) < 1000 else f"{v:,.0f}"
-    return str(v)
 
 
 def mib(nbytes: float) -> str:

@@ -11,6 +11,9 @@ the same inputs. SDPA run in the same dtype is measured against the same referen
 
     python benchmarks/attention.py             # picks the mode from torch.cuda.is_available()
     python benchmarks/attention.py --mode cpu --full
+
+Needs only torch and triton (and this checkout): nothing here imports diffusers, DeepSpeed or
+ldm_system, so it runs on a bare GPU machine.
 """
 from __future__ import annotations
 
@@ -25,6 +28,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without install
+
+import _results  # noqa: E402  (benchmarks/ is on the path when the script runs)
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -60,17 +65,17 @@ def make_inputs(case: Case, dtype: torch.dtype, device: str, seed: int = 0):
 # ----------------------------------------------------------------------------------------- GPU
 
 
-def gpu_cases() -> list[Case]:
+def gpu_cases(quick: bool = False) -> list[Case]:
     # 256 px images -> 32x32 latents (f = 8, N = 1024) or 64x64 latents (f = 4, N = 4096).
     cases = []
-    for n, d in itertools.product((1024, 4096), (64, 40, 80)):
+    for n, d in itertools.product((1024,) if quick else (1024, 4096), (64,) if quick else (64, 40, 80)):
         batch = 8 if n == 1024 else 2
         cases.append(Case(batch, 8, n, n, d))
         cases.append(Case(batch, 8, n, 77, d))  # cross-attention to 77 text tokens
     return cases
 
 
-def run_gpu(dtypes: list[str]) -> None:
+def run_gpu(dtypes: list[str], res: _results.Results, quick: bool = False) -> None:
     import triton.testing
 
     import kernels.autograd_fn as fa
@@ -88,7 +93,8 @@ def run_gpu(dtypes: list[str]) -> None:
     print("     out err = max |triton - sdpa| of the forward output)")
     print(header)
     print("-" * len(header))
-    for dtype_name, case in itertools.product(dtypes, gpu_cases()):
+    rows = []
+    for dtype_name, case in itertools.product(dtypes, gpu_cases(quick)):
         q, k, v, grad_out = make_inputs(case, DTYPES[dtype_name], "cuda")
         q, k, v = (t.requires_grad_() for t in (q, k, v))
         tflops = {}
@@ -102,12 +108,18 @@ def run_gpu(dtypes: list[str]) -> None:
             out_err = (triton_fn(q, k, v, case).float() - sdpa_fn(q, k, v, case).float()).abs().max().item()
         cells = [f"{tflops[c]:>12.1f}" for c in columns[:4]] + [f"{out_err:>12.1e}"]
         print(f"{case.label:<34}{dtype_name:>6}" + "".join(cells))
+        rows.append([case.label, dtype_name, *[f"{tflops[c]:.1f}" for c in columns[:4]], f"{out_err:.1e}"])
+        res.ratio(f"{case.label} {dtype_name}: fwd triton / sdpa", tflops["fwd triton"] / tflops["fwd sdpa"])
+        res.ratio(f"{case.label} {dtype_name}: bwd triton / sdpa", tflops["bwd triton"] / tflops["bwd sdpa"])
+    res.table("gpu-tflops", ["shape", "dtype", *columns], rows)
 
 
 # ----------------------------------------------------------------------------------------- CPU
 
 
-def cpu_cases(full: bool) -> list[Case]:
+def cpu_cases(full: bool, quick: bool = False) -> list[Case]:
+    if quick:  # one ragged self-attention, one cross-attention, one causal
+        return [Case(1, 2, 17, 17, 40), Case(1, 2, 17, 77, 80), Case(1, 1, 64, 64, 32, True)]
     lengths = (1, 17, 64, 100, 256)
     head_dims = (32, 40, 64, 80) if full else (40, 80)
     cases = []
@@ -147,8 +159,8 @@ def _errors(case: Case, dtype: torch.dtype):
     return ours, sdpa
 
 
-def run_cpu(dtypes: list[str], full: bool, verbose: bool) -> None:
-    cases = cpu_cases(full)
+def run_cpu(dtypes: list[str], full: bool, verbose: bool, res: _results.Results, quick: bool = False) -> None:
+    cases = cpu_cases(full, quick)
     cols = ("out", "lse", "dq", "dk", "dv")
     print(f"CPU (Triton interpreter): {len(cases)} shapes x {len(dtypes)} dtypes; "
           "max abs error vs fp32 eager reference from the same inputs")
@@ -168,9 +180,14 @@ def run_cpu(dtypes: list[str], full: bool, verbose: bool) -> None:
     header = f"{'dtype':<6}{'backend':<9}" + "".join(f"{c:>10}" for c in cols)
     print(header)
     print("-" * len(header))
+    rows = []
     for dtype_name, (ours, sdpa) in summary.items():
         print(f"{dtype_name:<6}{'triton':<9}" + "".join(f"{e:>10.2e}" for e in ours))
         print(f"{'':<6}{'sdpa':<9}" + "".join("       n/a" if i == 1 else f"{e:>10.2e}" for i, e in enumerate(sdpa)))
+        rows.append([dtype_name, "triton", *[f"{e:.2e}" for e in ours]])
+        rows.append(["", "sdpa", *["n/a" if i == 1 else f"{e:.2e}" for i, e in enumerate(sdpa)]])
+        res.ratio(f"{dtype_name}: worst out error, triton / sdpa", ours[0] / sdpa[0] if sdpa[0] else float("inf"))
+    res.table("cpu-errors", ["dtype", "backend", *cols], rows)
     print(f"({time.time() - start:.0f} s)")
 
 
@@ -180,6 +197,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--dtypes", default="fp32,fp16,bf16", help="comma-separated subset of fp32,fp16,bf16")
     parser.add_argument("--full", action="store_true", help="CPU: every head dim in {32, 40, 64, 80}")
     parser.add_argument("--verbose", action="store_true", help="CPU: print every shape's errors")
+    _results.add_options(parser, quick="CPU: 3 shapes; GPU: N = 1024, D = 64 only")
     args = parser.parse_args(argv)
     dtypes = [d.strip() for d in args.dtypes.split(",") if d.strip()]
     unknown = [d for d in dtypes if d not in DTYPES]
@@ -192,7 +210,8 @@ def main(argv: list[str] | None = None) -> None:
     if mode == "gpu":
         if not torch.cuda.is_available():
             parser.error("--mode gpu needs a CUDA device")
-        run_gpu(dtypes)
+        res = _results.start("attention", args, source="python benchmarks/attention.py --mode gpu")
+        run_gpu(dtypes, res, args.quick)
     else:
         # The interpreter must be chosen before triton decorates the kernels (first kernels import).
         if os.environ.get("TRITON_INTERPRET", "0") != "1":
@@ -200,7 +219,9 @@ def main(argv: list[str] | None = None) -> None:
                 parser.error("set TRITON_INTERPRET=1 before triton is imported")
             os.environ["TRITON_INTERPRET"] = "1"
         torch.set_num_threads(1)
-        run_cpu(dtypes, args.full, args.verbose)
+        res = _results.start("attention", args, source="TRITON_INTERPRET=1 python benchmarks/attention.py --mode cpu")
+        run_cpu(dtypes, args.full, args.verbose, res, args.quick)
+    res.save(args.json)
 
 
 if __name__ == "__main__":

@@ -40,7 +40,8 @@ import torch
 from PIL import Image, ImageDraw
 from safetensors.torch import load_file
 
-from _common import ROOT, set_threads, table
+import _results
+from _common import ROOT, set_threads
 from autoencoders.factory import build_autoencoder
 from autoencoders.io import load_autoencoder
 from ldm_system.config import load_config
@@ -236,18 +237,6 @@ HEADERS = ["variant", "losses", "steps", "batch", "train min", "steps/s", "PSNR 
            "FD-effnet*", "sharpness (grad)", "HF energy"]
 
 
-def write_readme(args, text: str) -> None:
-    begin, end = "<!-- autoencoder-benchmark:begin -->", "<!-- autoencoder-benchmark:end -->"
-    path = ROOT / "benchmarks" / "README.md"
-    old = path.read_text() if path.exists() else "# Benchmarks\n"
-    block = f"{begin}\n{text.rstrip()}\n{end}\n"
-    if begin in old and end in old:
-        new = old[: old.index(begin)] + block + old[old.index(end) + len(end) + 1 :]
-    else:
-        new = old.rstrip("\n") + "\n\n" + block
-    path.write_text(new)
-
-
 # glibc returns freed blocks above its mmap threshold to the kernel at once, so every large activation
 # (EfficientNet at 224 px: ~25 MB per tensor at batch 16) is a fresh mmap and a storm of page faults.
 # Under CPU contention this made feature extraction 3-5x slower (sys time > user time). Keeping
@@ -279,9 +268,12 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--tag", default="", help="prefix of run folders and output files (e.g. probe)")
     ap.add_argument("--reuse", action="store_true", help="skip training where the run folder has an autoencoder")
-    ap.add_argument("--readme", action="store_true", help="write the table into benchmarks/README.md")
     ap.add_argument("--set", action="append", default=[], help="extra config override, e.g. model.channels=[16,32,32]")
+    _results.add_options(ap, quick="variants a and c, 40 steps of batch 8, 100 held-out images (tag 'quick')")
     args = ap.parse_args()
+    if args.quick:
+        args.variants, args.steps, args.batch, args.eval_images, args.curve_images = "a,c", 40, 8, 100, 100
+        args.grid_images, args.tag = 8, args.tag or "quick"
     args.curve_every = args.curve_every or max(1, args.steps // 5)
     set_threads(args.threads)
     OUT.mkdir(parents=True, exist_ok=True)
@@ -329,36 +321,17 @@ def main() -> None:
         "variants": results,
     }
     results_path.write_text(json.dumps(report, indent=2) + "\n")
-    text = table(HEADERS, summary_rows(args, results))
+    res = _results.start("autoencoder", args)
+    text = res.table("summary", HEADERS, summary_rows(args, results))
+    steps = sorted({s for r in results.values() for s, _ in r["psnr_curve"]})
+    res.table("psnr-curve", ["variant", *map(str, steps)],
+              [[name, *[f"{dict(r['psnr_curve']).get(s, float('nan')):.1f}" for s in steps]] for name, r in results.items()])
+    for name, r in results.items():
+        res.ratios.update({f"{name} PSNR": r["psnr"], f"{name} grad ratio": r["grad_ratio"]})
     print("\n" + text)
     print(f"* {EFFNET_FD_LABEL}")
     print(f"results: {results_path}\ngrids: {OUT}/{prefix(args)}recon_*.png, {OUT}/{prefix(args)}comparison.png")
-    if args.readme:
-        write_readme(args, readme_section(args, report, text))
-
-
-def readme_section(args, report: dict, text: str) -> str:
-    loads = [f"{r['load_before']:.1f}→{r['load_after']:.1f}" for r in report["variants"].values()]
-    cmd = "python benchmarks/autoencoder.py " + " ".join(
-        [f"--steps {args.steps}", f"--batch {args.batch}", f"--threads {args.threads}", "--readme"]
-        + [f"--set {s}" for s in args.set])
-    return f"""## Stage 1: perceptual and adversarial losses (`autoencoder.py`)
-
-KL-f4 ({report['model']['channels']}, 8x8x3 latents) on Fashion-MNIST 32x32, {args.steps} steps x batch
-{args.batch} = {args.steps * args.batch:,} images per variant; discriminator from step
-{report['budget']['disc_start']}. Evaluated on the first {report['eval']['images']:,} test images.
-{args.threads} thread per process, 2 shared cores, 1-min load average before→after each variant: {', '.join(loads)}.
-
-    .venv/bin/{cmd}
-
-{text}
-
-FD-effnet*: {EFFNET_FD_LABEL}. Sharpness: mean gradient magnitude of the reconstructions over the
-inputs' (1 = as sharp as the data); HF energy: FFT power above half the Nyquist radius, same ratio.
-"train min" is the training loop alone (from the engine's log); grids:
-`benchmarks/out/autoencoder/recon_*.png` (input rows alternate with reconstruction rows) and
-`benchmarks/out/autoencoder/comparison.png` (input row, then a, b, c, d).
-"""
+    res.save(args.json)
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+import _results
 from ldm_system.data.pack import pack
 from ldm_system.data.stream import StreamConfig, make_loader
 from ldm_system.data.tario import read_samples
@@ -72,7 +73,10 @@ def main() -> None:
     ap.add_argument("--shard-size", type=int, default=1000)
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--source", default="builtin:fashion-mnist")
+    _results.add_options(ap, quick="2,000 images, 1 repeat")
     args = ap.parse_args()
+    if args.quick:
+        args.num_images, args.repeats = 2000, 1
     torch.set_num_threads(1)  # the main process only receives batches; avoid thread oversubscription
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -98,9 +102,15 @@ def main() -> None:
               f"{args.workers} workers; {os.cpu_count()} CPUs")
         print(f"pack ({args.source}, {n} images, {len(manifest.shards)} shards): {pack_s:.1f} s "
               f"= {n / pack_s:.0f} images/s")
-        print(f"stream loader (shards):  {stream_best:8.0f} images/s  (runs: {_fmt(stream_rates)})")
-        print(f"folder Dataset (PNGs):   {folder_best:8.0f} images/s  (runs: {_fmt(folder_rates)})")
-        print(f"ratio stream / folder:   {stream_best / folder_best:8.2f}")
+    res = _results.start("data_loader", args)
+    res.ratio("stream / folder", stream_best / folder_best)
+    print(res.table("rates", ["pipeline", "images/s (best run)", "runs"], [
+        [f"pack ({args.source}, {n} images, {len(manifest.shards)} shards)", f"{n / pack_s:.0f}", f"{pack_s:.1f} s"],
+        ["stream loader (shards)", f"{stream_best:.0f}", _fmt(stream_rates)],
+        ["folder Dataset (PNGs)", f"{folder_best:.0f}", _fmt(folder_rates)],
+        ["ratio stream / folder", f"{stream_best / folder_best:.2f}", ""],
+    ]))
+    res.save(args.json)
 
 
 def _rate(batches, n: int) -> float:

@@ -26,8 +26,9 @@ import dataclasses
 import torch
 import yaml
 
-from _common import (ROOT, Contender, TaskStepper, diffusion_task, interleave, num_params, parse_bools, parse_ints,
-                     ratio_rows, set_threads, table, unet_config)
+import _results
+from _common import (ROOT, Contender, TaskStepper, diffusion_task, interleave, median_ratios, num_params, parse_bools,
+                     parse_ints, ratio_rows, set_threads, unet_config)
 from autoencoders.config import AutoencoderConfig, preset
 from autoencoders.factory import build_autoencoder
 from ldm_system.config import from_dict
@@ -55,7 +56,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--steps", type=int, default=4, help="steps per timed segment of the cheap contenders")
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--quick", action="store_true", help="batch 4, 3 repeats")
+    _results.add_options(ap, quick="batch 4, 3 repeats")
     args = ap.parse_args()
     if args.quick:
         args.batch_size, args.repeats = 4, 3
@@ -90,8 +91,11 @@ def main() -> None:
         print("  " + n)
     rates = interleave(contenders, args.repeats)
     print()
-    print(table(["data", "clock", "images/s (median)", "segments min–max", "pre-encoded speed-up (median per repeat)"],
-                ratio_rows(rates, "pre-encoded", invert=True)))
+    res = _results.start("encode_online_vs_shards", args)
+    print(res.table("rates", ["data", "clock", "images/s (median)", "segments min–max",
+                              "pre-encoded speed-up (median per repeat)"], ratio_rows(rates, "pre-encoded", invert=True)))
+    res.ratios.update(median_ratios(rates, "pre-encoded", invert=True))
+    res.save(args.json)
 
 def _segment(stepper: TaskStepper, data: torch.Tensor, steps: int, batch: int):
     def run() -> int:

@@ -35,7 +35,8 @@ import time
 import torch
 import torch.nn.functional as F
 
-from _common import diffusion_task, image_batch, median, num_params, set_threads, spread, table
+import _results
+from _common import diffusion_task, image_batch, median, num_params, set_threads, spread
 from ldm_system.models.unet import PRESETS, Denoiser
 from ldm_system.train.engine import EngineConfig, Trainer
 
@@ -133,7 +134,7 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--profile", action="store_true", help="cProfile the engine segments and print the top entries")
-    ap.add_argument("--quick", action="store_true", help="5 repeats")
+    _results.add_options(ap, quick="5 repeats")
     args = ap.parse_args()
     if args.quick:
         args.repeats = 5
@@ -154,6 +155,7 @@ def main() -> None:
               f"segments of {args.segment} steps")
         trainer.fit()
 
+    res = _results.start("engine_overhead", args)
     rows, seg = [], args.segment
     for kind in ("wall", "cpu"):
         base = [seg / getattr(c, kind) for c in stream.clocks[BARE]]
@@ -161,8 +163,9 @@ def main() -> None:
             rate = [seg / getattr(c, kind) for c in clocks]
             ratio = [a / b for a, b in zip(rate, base)]  # per repeat: segments that ran back to back
             rows.append([name, kind, median(rate), spread(rate), median(rate) * args.batch_size, f"{median(ratio):.3f}"])
+            res.ratio(f"{name} / bare, {kind}", median(ratio))
     print()
-    print(table(["loop", "clock", "steps/s (median)", "segments min–max", "images/s", "vs bare loop"], rows))
+    print(res.table("rates", ["loop", "clock", "steps/s (median)", "segments min–max", "images/s", "vs bare loop"], rows))
     print()
     for kind in ("wall", "cpu"):
         # Paired differences: the engine's (and the copy's) segment minus the bare segment of the same repeat.
@@ -178,6 +181,7 @@ def main() -> None:
         pstats.Stats(profiler, stream=s).sort_stats("cumulative").print_stats(PROFILE_FILTER, 30)
         print(f"\nengine segments under cProfile ({seg * args.repeats} steps), engine-side entries only:")
         print(s.getvalue())
+    res.save(args.json)
 
 if __name__ == "__main__":
     main()

@@ -19,13 +19,12 @@ round trip alone). Images are the Fashion-MNIST test split, never seen in traini
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-from pathlib import Path
 
 import torch
 
-from _common import parse_ints, set_threads, table
+import _results
+from _common import parse_ints, set_threads
 from _serving import DEFAULT_MODEL, Clock, held_out_images, load_model
 
 
@@ -51,8 +50,10 @@ def main() -> None:
     ap.add_argument("--null-inner", type=int, default=10, help="Adam iterations per step for the null embedding")
     ap.add_argument("--null-max-steps", type=int, default=100, help="skip null optimisation above this many steps")
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--json", default=None)
+    _results.add_options(ap, quick="2 images, 10 steps, 2 null-optimisation iterations")
     a = ap.parse_args()
+    if a.quick:
+        a.images, a.steps, a.null_inner = 2, "10", 2
     set_threads(a.threads)
 
     from ldm_system.eval.metrics import psnr
@@ -83,23 +84,25 @@ def main() -> None:
             print(f"  {steps:>3} steps  {name:<22} PSNR {row['psnr']:6.2f} dB  vs AE {vs_ae:6.2f} dB  "
                   f"latent MSE {row['latent_mse']:.2e}  {row['wall_s_per_image']:.2f} s/img", flush=True)
 
-    def grid(field: str, fmt: str) -> str:
+    res = _results.start("inversion", a)
+    res.ratio("autoencoder round trip PSNR (dB)", ceiling)
+
+    def grid(key: str, field: str, fmt: str) -> str:
         rows = []
         for steps in parse_ints(a.steps):
             cells = {r["variant"]: r for r in results if r["steps"] == steps}
             rows.append([steps] + ["skipped" if cells[n].get("skipped") else format(cells[n][field], fmt) for n, _ in cols])
-        return table(["steps"] + [n for n, _ in cols], rows)
+        return res.table(key, ["steps"] + [n for n, _ in cols], rows)
 
     print(f"\nReconstruction PSNR vs the input image (dB; autoencoder ceiling {ceiling:.2f} dB):\n")
-    print(grid("psnr", ".2f"))
+    print(grid("psnr-input", "psnr", ".2f"))
     print("\nReconstruction PSNR vs the autoencoder's own reconstruction (dB; the diffusion round trip alone):\n")
-    print(grid("psnr_vs_ae", ".2f"))
+    print(grid("psnr-autoencoder", "psnr_vs_ae", ".2f"))
     print("\nLatent MSE (unit-variance latents):\n")
-    print(grid("latent_mse", ".2e"))
+    print(grid("latent-mse", "latent_mse", ".2e"))
     print("\nWall seconds per image (CPU, threads %d):\n" % a.threads)
-    print(grid("wall_s_per_image", ".2f"))
-    if a.json:
-        Path(a.json).write_text(json.dumps({"args": vars(a), "ae_ceiling_psnr": ceiling, "results": results}, indent=2))
+    print(grid("seconds", "wall_s_per_image", ".2f"))
+    res.save(a.json)
 
 
 if __name__ == "__main__":

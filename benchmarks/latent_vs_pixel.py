@@ -20,8 +20,9 @@ import argparse
 
 import torch
 
-from _common import (Contender, TaskStepper, diffusion_task, interleave, num_params, parse_bools, parse_ints, ratio_rows,
-                     set_threads, table, unet_config)
+import _results
+from _common import (Contender, TaskStepper, diffusion_task, interleave, median_ratios, num_params, parse_bools, parse_ints,
+                     ratio_rows, set_threads, unet_config)
 
 
 def main() -> None:
@@ -38,7 +39,7 @@ def main() -> None:
     ap.add_argument("--pixel-steps", type=int, default=1, help="steps per pixel-space timed segment")
     ap.add_argument("--latent-steps", type=int, default=8, help="steps per latent timed segment (~same duration)")
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--quick", action="store_true", help="batch 4, 3 repeats")
+    _results.add_options(ap, quick="batch 4, 3 repeats")
     args = ap.parse_args()
     if args.quick:
         args.batch_size, args.repeats = 4, 3
@@ -72,10 +73,13 @@ def main() -> None:
     ], args.repeats)
     lat_name, pix_name = rates
     print()
-    print(table(["input", "clock", "images/s (median)", "segments min–max", "vs pixel (median per repeat)"],
-                ratio_rows(rates, pix_name)))
+    res = _results.start("latent_vs_pixel", args)
+    print(res.table("rates", ["input", "clock", "images/s (median)", "segments min–max", "vs pixel (median per repeat)"],
+                    ratio_rows(rates, pix_name)))
+    res.ratios.update(median_ratios(rates, pix_name))
     ratio = [a / b for a, b in zip(rates[lat_name]["wall"], rates[pix_name]["wall"])]
     print(f"\nlatent/pixel wall-clock ratio per repeat: {', '.join(f'{r:.1f}' for r in ratio)}  (goal >= 10x)")
+    res.save(args.json)
 
 if __name__ == "__main__":
     main()

@@ -22,14 +22,13 @@ Method
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
-from pathlib import Path
 
 import torch
 
-from _common import set_threads, table
+import _results
+from _common import set_threads
 from _serving import DEFAULT_MODEL, Clock, features, held_out_images, load_model
 
 
@@ -60,8 +59,10 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--grid", default=None, help="write the first 10 samples of every sampler, one row each")
-    ap.add_argument("--json", default=None)
+    _results.add_options(ap, quick="DDIM-10 against DDPM-50, 4 images per sampler, 20 reference images")
     a = ap.parse_args()
+    if a.quick:
+        a.samplers, a.baseline, a.num, a.batch, a.reference = "ddpm:50,ddim:10", "ddpm:50", 4, 4, 20
     set_threads(a.threads)
 
     from ldm_system.eval.features import EFFNET_FD_LABEL, build_feature_extractor
@@ -105,7 +106,8 @@ def main() -> None:
     floor = frechet_distance_from_features(ref_f, features(ext, real[:a.num]))
     fd = {c: frechet_distance_from_features(ref_f, features(ext, torch.cat(v))) for c, v in images.items()}
 
-    rows, results = [], []
+    res = _results.start("sampling", a)
+    rows = []
     for c in samplers:
         name, steps = c
         speed = statistics.median(b / s for b, s in zip(wall[base], wall[c]))
@@ -114,16 +116,15 @@ def main() -> None:
         rows.append([label(name, steps), steps * (2 if a.guidance != 1 and k else 1), f"{per_img:.3f}",
                      f"{sum(cpu[c]) / a.num:.3f}", f"{speed:.1f}x", f"{speed_cpu:.1f}x", f"{fd[c]:.2f}",
                      f"{100 * (fd[c] / fd[base] - 1):+.1f}%"])
-        results.append({"sampler": name, "steps": steps, "wall_s_per_image": per_img,
-                        "cpu_s_per_image": sum(cpu[c]) / a.num, "speedup_wall": speed, "speedup_cpu": speed_cpu,
-                        "fd": fd[c]})
+        res.ratios.update({f"{label(name, steps)} speed-up, wall": speed, f"{label(name, steps)} speed-up, cpu": speed_cpu,
+                           f"{label(name, steps)} FD": fd[c]})
     if ("ddim-other", 50) in fd:
         rows.append(["DDIM-50, other seeds (noise)", "", "", "", "", "", f"{fd[('ddim-other', 50)]:.2f}",
                      f"{100 * (fd[('ddim-other', 50)] / fd[base] - 1):+.1f}%"])
     rows.append([f"{a.num} real held-out images (floor)", "", "", "", "", "", f"{floor:.2f}", ""])
     print()
-    print(table(["sampler", "UNet evals/img", "wall s/img", "CPU s/img", "speed-up (wall)", "speed-up (CPU)",
-                 "FD (EffNet-Lite0)", f"FD vs {label(*base)}"], rows))
+    print(res.table("samplers", ["sampler", "UNet evals/img", "wall s/img", "CPU s/img", "speed-up (wall)",
+                                 "speed-up (CPU)", "FD (EffNet-Lite0)", f"FD vs {label(*base)}"], rows))
     print(f"\nFD: {EFFNET_FD_LABEL}; {a.num} generated vs {a.reference} real held-out images, features at "
           f"{a.feature_size}px. Speed-up vs {label(*base)}: wall = median over {rounds} interleaved rounds of the per-round "
           f"ratio; CPU = ratio of this process's CPU seconds (steadier when other jobs share the cores). Threads: {a.threads}.")
@@ -133,9 +134,7 @@ def main() -> None:
 
         save_grid(torch.cat([torch.cat(images[c])[:10] for c in samplers]), a.grid, nrow=10)
         print(f"grid: {a.grid} (rows: {', '.join(label(*c) for c in samplers)})")
-    if a.json:
-        Path(a.json).write_text(json.dumps({"args": vars(a), "results": results, "fd_real_floor": floor,
-                                            "fd_ddim50_other_seeds": fd.get(("ddim-other", 50))}, indent=2))
+    res.save(a.json)
 
 
 if __name__ == "__main__":

@@ -26,7 +26,8 @@ from pathlib import Path
 
 import torch
 
-from _common import accelerate_launch, median, parse_bools, parse_ints, spread, table, unet_config
+import _results
+from _common import accelerate_launch, median, parse_bools, parse_ints, spread, unet_config
 
 
 def worker(args) -> None:
@@ -65,7 +66,7 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--repeats", type=int, default=2, help="launches per contender (each pays ~30 s of start-up)")
     ap.add_argument("--two-threads", action="store_true", help="also run 1 rank with 2 intra-op threads")
-    ap.add_argument("--quick", action="store_true", help="1 launch each, 10 timed steps")
+    _results.add_options(ap, quick="1 launch each, 10 timed steps")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--out-dir", default="", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -92,11 +93,14 @@ def main() -> None:
     one = rates[contenders[0][0]]
     print(f"UNet {parse_ints(args.widths)} on {args.side}x{args.side}x3 latents, per-rank batch {args.batch_size}, "
           f"{args.steps} timed steps per launch, {args.repeats} launches each")
+    res = _results.start("scaling", args)
     rows = []
     for name, r in rates.items():
         per_repeat = [a / b for a, b in zip(r, one)]
         rows.append([name, median(r), spread(r), f"{median(per_repeat):.2f}x"])
-    print(table(["contender", "images/s (median)", "launches min–max", "vs 1 rank x 1 thread"], rows))
+        res.ratio(f"{name} / 1 rank x 1 thread", median(per_repeat))
+    print(res.table("rates", ["contender", "images/s (median)", "launches min–max", "vs 1 rank x 1 thread"], rows))
+    res.save(args.json)
 
 
 if __name__ == "__main__":

@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import table  # noqa: E402
+import _results  # noqa: E402
 
 GPUS = (8, 64, 256)
 GPUS_PER_NODE = 8
@@ -140,18 +140,18 @@ def gib(x: float) -> str:
     return f"{x / GIB:.2f}"
 
 
-def breakdown_table(sizes: list[ModelSize], gpus: int = GPUS[0]) -> str:
+def breakdown_table(res: _results.Results, sizes: list[ModelSize], gpus: int = GPUS[0]) -> str:
     """What each mode keeps per GPU, by kind, at `gpus` GPUs."""
     rows = []
     for s in sizes:
         for stage in STAGES:
             b = model_state_bytes(s.params, gpus, stage)
             rows.append([s.name, stage, *[gib(b[k]) for k in ("weights", "grads", "optim", "ema", "total", "step_extra")]])
-    return table(["model", "mode", "weights", "grads", "optim (master + m + v)", "EMA", "total",
-                  "+ buffers (not in total)"], rows)
+    return res.table("breakdown", ["model", "mode", "weights", "grads", "optim (master + m + v)", "EMA", "total",
+                                   "+ buffers (not in total)"], rows)
 
 
-def scaling_table(sizes: list[ModelSize], gpus: tuple[int, ...] = GPUS) -> str:
+def scaling_table(res: _results.Results, sizes: list[ModelSize], gpus: tuple[int, ...] = GPUS) -> str:
     """Per-GPU totals against the GPU count, ours next to DeepSpeed's estimator.
 
     "ours, DS terms" is what DeepSpeed's estimator claims to count: model states without our EMA,
@@ -167,7 +167,7 @@ def scaling_table(sizes: list[ModelSize], gpus: tuple[int, ...] = GPUS) -> str:
                 row += [gib(b["total"] - b["ema"] + b["step_extra"]), gib(ds)] if ds is not None else ["", ""]
             rows.append(row)
     heads = [h for n in gpus for h in (f"{n} GPUs: ours", "ours, DS terms", "DeepSpeed")]
-    return table(["model", "mode", *heads], rows)
+    return res.table("per-gpu", ["model", "mode", *heads], rows)
 
 
 # ---- 2. bytes per sample -----------------------------------------------------------------------
@@ -236,10 +236,11 @@ def sample_formats(photos: dict[str, float], side: int = 256) -> list[tuple[str,
     ]
 
 
-def read_rate_table(formats: list[tuple[str, int]], rates: tuple[int, ...] = RATES) -> str:
+def read_rate_table(res: _results.Results, formats: list[tuple[str, int]], rates: tuple[int, ...] = RATES) -> str:
     """MB/s per node = bytes/sample × images/s per GPU × GPUs per node."""
     rows = [[name, f"{b / 1024:.1f}", *[f"{b * r * GPUS_PER_NODE / 1e6:,.0f}" for r in rates]] for name, b in formats]
-    return table(["sample format", "KiB/sample", *[f"MB/s per node at {r} img/s/GPU" for r in rates]], rows)
+    return res.table("read-rate", ["sample format", "KiB/sample", *[f"MB/s per node at {r} img/s/GPU" for r in rates]],
+                     rows)
 
 
 # ---- 3. throughput estimate --------------------------------------------------------------------
@@ -261,7 +262,7 @@ def est_images_per_s(s: ModelSize) -> float:
     return MFU * H100_BF16_PEAK / (3 * s.fwd_flops)
 
 
-def throughput_table(sizes: list[ModelSize], photos: dict[str, float]) -> str:
+def throughput_table(res: _results.Results, sizes: list[ModelSize], photos: dict[str, float]) -> str:
     """Per model at its estimated rate: MB/s per node from image shards and from its latent shards,
     and the CPU cores per node that decoding PNGs would take at the decode time measured here."""
     fmts = sample_formats(photos)
@@ -275,9 +276,10 @@ def throughput_table(sizes: list[ModelSize], photos: dict[str, float]) -> str:
         rows.append([s.name, str(s.latent), f"{s.fwd_flops / 1e9:.0f}", f"{ips:,.0f}",
                      f"{png * per_node / 1e6:,.0f}", f"{lat * per_node / 1e6:,.0f}" if lat else "",
                      f"{per_node * photos.get('png_ms', 0) / 1e3:.1f}"])
-    return table(["model", "latent at 256 px", "forward GFLOP/image", f"est. img/s per H100 at {MFU:.0%} of bf16 peak",
-                  "MB/s per node, PNG shards", "MB/s per node, its latent shards (as encoded)",
-                  "CPU cores per node to decode the PNGs"], rows)
+    return res.table("throughput", ["model", "latent at 256 px", "forward GFLOP/image",
+                                    f"est. img/s per H100 at {MFU:.0%} of bf16 peak", "MB/s per node, PNG shards",
+                                    "MB/s per node, its latent shards (as encoded)", "CPU cores per node to decode the PNGs"],
+                     rows)
 
 
 # ---- the models and the report -----------------------------------------------------------------
@@ -303,18 +305,20 @@ def model_sizes(names: tuple[str, ...] = MODELS, flops: bool = True) -> list[Mod
     return out
 
 
-def report(sizes: list[ModelSize], photos: dict[str, float]) -> str:
+def report(sizes: list[ModelSize], photos: dict[str, float], res: _results.Results | None = None) -> str:
+    """The tables as Markdown text; each is also recorded in `res` (the --json results)."""
+    res = res if res is not None else _results.Results("scaling_memory", {})
     parts = ["Models, built on the meta device from `PRESETS`:", "",
-             table(["model", "parameters Ψ", "largest layer", "bf16 weights (2Ψ)"],
+             res.table("models", ["model", "parameters Ψ", "largest layer", "bf16 weights (2Ψ)"],
                    [[s.name, f"{s.params:,}", f"{s.largest_layer:,}", f"{gib(2 * s.params)} GiB"] for s in sizes]),
              "", f"Per-GPU GiB of model states at {GPUS[0]} GPUs, bf16 mixed precision, AdamW, fp32 EMA:", "",
-             breakdown_table(sizes), "",
+             breakdown_table(res, sizes), "",
              "Per-GPU GiB against the number of GPUs (ours: the total above; DeepSpeed: its estimator, no offload):",
-             "", scaling_table(sizes), "", "Bytes per training sample at 256 px:", "",
-             read_rate_table(sample_formats(photos))]
+             "", scaling_table(res, sizes), "", "Bytes per training sample at 256 px:", "",
+             read_rate_table(res, sample_formats(photos))]
     if any(s.fwd_flops for s in sizes):
         parts += ["", "Images/s per GPU estimated from FLOPs (not measured), and what the loader must then deliver:", "",
-                  throughput_table(sizes, photos)]
+                  throughput_table(res, sizes, photos)]
     if "png_ms" in photos:
         parts += ["", f"Decode cost measured here (CPU ms per 256-px sample, median): PNG {photos['png_ms']:.2f}, "
                       f"JPEG q90 {photos['jpg_ms']:.2f}, KL-f4 latent .npy {photos['npy_ms']:.3f}."]
@@ -335,11 +339,15 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--update", default="", help="write the tables between the markers of this Markdown file")
     ap.add_argument("--no-flops", action="store_true", help="skip the FLOP count (faster)")
+    _results.add_options(ap, quick="no FLOP count (--no-flops)")
     args = ap.parse_args()
-    text = report(model_sizes(flops=not args.no_flops), photo_sizes())
+    args.no_flops = args.no_flops or args.quick
+    res = _results.start("scaling_memory", args)
+    text = report(model_sizes(flops=not args.no_flops), photo_sizes(), res)
     print(text)
     if args.update:
         update_doc(Path(args.update), text)
+    res.save(args.json)
 
 
 if __name__ == "__main__":

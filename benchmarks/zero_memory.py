@@ -50,7 +50,8 @@ from pathlib import Path
 
 import torch
 
-from _common import ROOT, accelerate_launch, mib, parse_bools, parse_ints, table, unet_config
+import _results
+from _common import ROOT, accelerate_launch, mib, parse_bools, parse_ints, unet_config
 
 MASTER_STORES = ("single_partition_of_fp32_groups", "fp32_partitioned_groups_flat")  # DeepSpeed ZeRO-1/2, ZeRO-3
 GRAD_STORES = ("averaged_gradients", "grads_in_partition", "grad_partitions_flat_buffer",
@@ -221,7 +222,7 @@ def main() -> None:
     ap.add_argument("--attention", default="0,0,1")
     ap.add_argument("--layers", type=int, default=1)
     ap.add_argument("--precisions", default="no,bf16", help="launcher --mixed_precision values to measure")
-    ap.add_argument("--quick", action="store_true", help="only DDP and the two ZeRO-3 variants")
+    _results.add_options(ap, quick="only DDP and the two ZeRO-3 variants")
     ap.add_argument("--save", default="", help="write the raw per-rank snapshots to this JSON file")
     ap.add_argument("--load", default="", help="print the tables of a --save file instead of launching")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -247,10 +248,12 @@ def main() -> None:
                 if args.save:  # after every launch, so a failure later keeps what was measured
                     Path(args.save).write_text(json.dumps({"widths": args.widths, "attention": args.attention,
                                                            "layers": args.layers, "runs": runs}))
+    res = _results.start("zero_memory", args)
     for label, results in runs.items():
-        report(results, args, label)
+        report(results, args, label, res)
     if len(runs) > 1:
-        summary(runs)
+        summary(runs, res)
+    res.save(args.json)
 
 
 def launch_mode(mode: str, precision: str, args) -> list[dict]:
@@ -272,7 +275,7 @@ def launch_mode(mode: str, precision: str, args) -> list[dict]:
 
 
 
-def summary(runs: dict) -> None:
+def summary(runs: dict, res: _results.Results) -> None:
     """fp32 and bf16 side by side: the worse rank's total at AdamW's step, and its ratio to DDP in
     the same precision."""
     labels = list(runs)
@@ -285,11 +288,13 @@ def summary(runs: dict) -> None:
             ddp = max(step_total(r, "step") for r in runs[k]["ddp"]) if "ddp" in runs[k] else None
             t = max(step_total(r, "step") for r in runs[k][mode])
             row += [mib(t), f"{t / ddp:.3f}" if ddp else "-"]
+            if ddp:
+                res.ratio(f"{mode} / ddp, {k}", t / ddp)
         rows.append(row)
-    print(table(["mode", *[h for k in labels for h in (f"{k} total", f"{k} / DDP")]], rows))
+    print(res.table("summary", ["mode", *[h for k in labels for h in (f"{k} total", f"{k} / DDP")]], rows))
 
 
-def report(results: dict, args, precision: str) -> None:
+def report(results: dict, args, precision: str, res: _results.Results) -> None:
     print(f"\n=== mixed precision: {precision} ===")
 
     n = results[next(iter(results))][0]["step"]["numel"]
@@ -308,8 +313,8 @@ def report(results: dict, args, precision: str) -> None:
         rows.append([mode, *["/".join(mib(x.get(c, 0)) for x in b) for c in cats], "/".join(mib(total(x)) for x in b),
                      f"{max(total(x) for x in b) / ddp:.3f}", "/".join(mib(x.get("other", 0)) for x in b),
                      "/".join(f"{r['step']['rss']['VmRSS']:.0f}" for r in ranks)])
-    print(table(["mode", "params", "master", "grads", "optim state", "total", "total / DDP", "other buffers (not in total)",
-                 "process RSS"], rows))
+    print(res.table(f"{precision}-step", ["mode", "params", "master", "grads", "optim state", "total", "total / DDP",
+                                          "other buffers (not in total)", "process RSS"], rows))
 
     print("\nOther moments of the same step, rank 0 MiB (params+master+grads+optim; ratio to the first mode):")
     rows = []
@@ -318,8 +323,9 @@ def report(results: dict, args, precision: str) -> None:
         f, btw = ranks[0]["forward"]["bytes"], ranks[0]["between"]["bytes"]
         rows.append([mode, mib(f.get("params", 0)), mib(total(f)), f"{total(f) / first['forward']:.3f}",
                      mib(total(btw)), f"{total(btw) / first['between']:.3f}", mib(btw.get("grads", 0)), mib(btw.get("other", 0))])
-    print(table(["mode", "params at end of forward", "total at end of forward", "ratio", "total between steps", "ratio",
-                 "grads between steps", "other between steps"], rows))
+    print(res.table(f"{precision}-moments", ["mode", "params at end of forward", "total at end of forward", "ratio",
+                                             "total between steps", "ratio", "grads between steps", "other between steps"],
+                    rows))
 
     print("\nWhere the bytes are at the step (rank 0, MiB; entries >= 64 KiB):")
     for mode, ranks in results.items():
