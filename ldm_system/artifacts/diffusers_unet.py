@@ -99,11 +99,12 @@ def config_differences(raw: dict, cfg: UNetConfig) -> list[str]:
 
 def check_against_yaml(folder_cfg: UNetConfig, yaml_cfg: UNetConfig, where: str) -> UNetConfig:
     """The run's UNet config for a folder: its architecture, plus the YAML's attention backend and
-    dropout. A YAML `unet:` left at its defaults takes the folder's; one that contradicts it is an error."""
-    if yaml_cfg == UNetConfig():
-        return folder_cfg
+    dropout. An architecture value left at its default takes the folder's; one set to something else
+    must agree with the folder, or it is an error naming both."""
+    default = UNetConfig()
     diff = [f"unet.{k}: the config says {getattr(yaml_cfg, k)!r}, {where} has {getattr(folder_cfg, k)!r}"
-            for k in ARCH_FIELDS if _norm(getattr(yaml_cfg, k)) != _norm(getattr(folder_cfg, k))]
+            for k in ARCH_FIELDS if _norm(getattr(yaml_cfg, k)) != _norm(getattr(default, k))
+            and _norm(getattr(yaml_cfg, k)) != _norm(getattr(folder_cfg, k))]
     if diff:
         raise ValueError("the UNet in the config contradicts the one being imported (remove unet: from the config "
                          "or make it match):\n  " + "\n  ".join(diff))

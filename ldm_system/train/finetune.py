@@ -7,8 +7,9 @@ SRC is any folder the artifact layer (`ldm_system/artifacts`) knows as holding a
 - a bare diffusers UNet folder (`config.json` + weights; safetensors, fp16 variant or tensor-only .bin).
 
 For diffusers folders the UNet's architecture is the folder's own (artifacts/diffusers_unet.py: an exact
-mapping, or a refusal with the reason); a YAML `unet:` that contradicts it is an error naming both.
-A pipeline folder's scheduler fills `diffusion:` (same rule) and its text encoder fills `text.path`.
+mapping, or a refusal with the reason): `unet:` values left at their defaults take the folder's, values set
+to something else must agree with it or the error names both. A pipeline folder's scheduler fills the
+forward process of `diffusion:` (same rule) and its text encoder fills an empty `text.path`.
 Our own checkpoints and exports keep the YAML's UNet. The EMA of the new run restarts from the loaded weights.
 
 A different number of classes (our own checkpoints) is handled by resizing the class table: rows
@@ -89,10 +90,11 @@ def apply_init(cfg, src: InitSource):
     if src.unet is not None:
         changes["unet"] = check_against_yaml(src.unet, cfg.unet, src.where)
     if src.diffusion is not None and cfg.diffusion != src.diffusion:
+        default = DiffusionConfig()  # a value left at its default takes the scheduler's; a set one must agree
         diff = [f"diffusion.{k}: the config says {getattr(cfg.diffusion, k)!r}, {src.where}/scheduler has "
                 f"{getattr(src.diffusion, k)!r}" for k in DIFFUSION_FIELDS
-                if getattr(cfg.diffusion, k) != getattr(src.diffusion, k)]
-        if diff and cfg.diffusion != DiffusionConfig():
+                if getattr(cfg.diffusion, k) != getattr(default, k) and getattr(cfg.diffusion, k) != getattr(src.diffusion, k)]
+        if diff:
             raise ValueError("the diffusion config contradicts the imported scheduler (remove diffusion: or make it "
                              "match):\n  " + "\n  ".join(diff))
         kept = {k: getattr(cfg.diffusion, k) for k in ("loss_weighting", "min_snr_gamma", "offset_noise", "cond_drop_prob")}

@@ -74,9 +74,12 @@ def _encode(world, source, name):
     return out
 
 
+FINETUNE = __import__("pathlib").Path(__file__).resolve().parents[2] / "configs" / "ldm" / "finetune.yaml"
+
+
 def _finetune(world, latents, out, init_from, *extra):
-    cfg = load_config(LDMRunConfig, None, [f"data.shards={latents}", f"train.out_dir={world / out}", "data.batch_size=4",
-                                           "data.num_workers=0", "train.steps=20", "train.ckpt_every=20",
+    cfg = load_config(LDMRunConfig, FINETUNE, [f"data.shards={latents}", f"train.out_dir={world / out}", "data.batch_size=4",
+                                           "data.num_workers=0", "train.steps=20", "train.ckpt_every=20", "optim.lr=0.0005",
                                            "train.ema_module=unet", "train.progress=false", "preview.num_images=2",
                                            "preview.steps=2", *extra])
     run_ldm(cfg, init_from=str(init_from)).close()
@@ -198,3 +201,11 @@ def test_ldm_sample_takes_a_diffusers_pipeline_folder_as_model(world, tmp_path):
     assert main(["sample", "--model", str(world / "compvis"), "--num", "2", "--steps", "2", "--out", str(out),
                  "--no-progress"]) == 0
     assert Image.open(out).size[0] >= 16
+
+
+def test_config_values_that_contradict_the_imported_folder_name_both(world):
+    lat = _encode(world, "sd/vae", "sd-latents")
+    with pytest.raises(ValueError, match=r"unet.cross_attention_dim: the config says 64, .*sd has 32"):
+        _finetune(world, lat, "contra-run", world / "sd", "unet.cross_attention_dim=64")
+    with pytest.raises(ValueError, match=r"diffusion.beta_schedule: the config says 'linear', .*scheduler has 'scaled-linear'"):
+        _finetune(world, lat, "contra-run", world / "sd", "diffusion.beta_schedule=linear")
