@@ -65,11 +65,18 @@ def _norm(v):
     return list(v) if isinstance(v, (list, tuple)) else v
 
 
-def config_differences(folder_cfg: dict, cls_name: str, kwargs: dict) -> list[str]:
-    """Keys where the folder's config differs from the model we would build (defaults + kwargs)."""
-    sig = inspect.signature(_class(cls_name).__init__)
+def built_config(cls: type, kwargs: dict) -> dict:
+    """The config a diffusers model class ends up with when built from `kwargs`: its constructor's
+    defaults, overridden by `kwargs` (what we compare a folder's config.json against)."""
+    sig = inspect.signature(cls.__init__)
     expected = {k: p.default for k, p in sig.parameters.items() if p.default is not inspect.Parameter.empty}
     expected.update(kwargs)
+    return expected
+
+
+def config_differences(folder_cfg: dict, cls_name: str, kwargs: dict) -> list[str]:
+    """Keys where the folder's config differs from the model we would build (defaults + kwargs)."""
+    expected = built_config(_class(cls_name), kwargs)
     out = []
     for key, value in folder_cfg.items():
         if key in _IGNORED or key not in expected:

@@ -9,13 +9,12 @@ later export) computes what the folder's model computes. SD-1.x keeps a head *co
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import json
 from pathlib import Path
 
 from torch import nn
 
-from autoencoders.diffusers_io import NotRepresentableError
+from autoencoders.diffusers_io import NotRepresentableError, built_config
 from autoencoders.weights import read_weights, weight_file
 from ldm_system.models.unet import UNetConfig, build_unet, diffusers_unet_kwargs
 
@@ -80,9 +79,7 @@ def config_differences(raw: dict, cfg: UNetConfig) -> list[str]:
     name, kwargs = diffusers_unet_kwargs(cfg)
     if name != raw.get("_class_name"):
         return [f"_class_name: folder {raw.get('_class_name')!r}, we build {name!r}"]
-    sig = inspect.signature(_class(name).__init__)
-    expected = {k: p.default for k, p in sig.parameters.items() if p.default is not inspect.Parameter.empty}
-    expected.update(kwargs)
+    expected = built_config(_class(name), kwargs)
     out = []
     for key, value in raw.items():
         if key in _IGNORED or key not in expected:

@@ -38,7 +38,7 @@ class Kind(enum.Enum):
 
 
 class UnknownArtifactError(FileNotFoundError):
-    pass
+    """A folder that is none of the kinds we read; the message lists what was looked for."""
 
 
 LOOKED_FOR = (f"{LDM_META} (our export), {TRAINER_JSON} + {CONFIG_YAML} (our checkpoint), {CHECKPOINTS_DIR}/ (our "

@@ -88,7 +88,7 @@ def test_weight_formats_fp16_variant_and_tensor_only_bin_load(tmp_path):
 
 
 class _NotATensor:
-    pass
+    """An object a weights-only unpickler must refuse."""
 
 
 def test_bin_that_needs_pickle_is_refused_with_the_reason(tmp_path):
