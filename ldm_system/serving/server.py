@@ -37,6 +37,7 @@ from ldm_system.serving import requests
 from ldm_system.serving.image_io import ImageDecodeError, ImageSizeError, b64_to_tensor, tensor_to_b64png
 from ldm_system.serving.requests import HTTP, Limits
 from ldm_system.serving.schemas import EditRequest, InterpolateRequest, InvertRequest, SampleRequest
+from ldm_system.serving.web_page import add_web_routes, is_open
 
 logger = logging.getLogger(__name__)
 
@@ -182,7 +183,7 @@ def _add_guards(app: FastAPI, limits: ServerLimits, token: str | None) -> None:
     @app.middleware("http")
     async def _auth(request: Request, call_next):  # before the body is read or anything is decoded
         given = request.headers.get("authorization", "").encode()
-        if request.url.path != "/health" and not hmac.compare_digest(given, expected):
+        if not is_open(request.url.path) and not hmac.compare_digest(given, expected):
             return JSONResponse(status_code=401, content={"detail": "missing or wrong bearer token"},
                                 headers={"WWW-Authenticate": "Bearer"})
         return await call_next(request)
@@ -212,6 +213,7 @@ def create_app(pipeline, limits: ServerLimits = ServerLimits(), token: str | Non
     # Plain (bound) `def` endpoints: FastAPI runs them in its thread pool, so the event loop stays
     # free (health checks answer) while a request holds the model lock; it reads the body's schema
     # from each handler's annotation.
+    add_web_routes(app)
     app.get("/health")(h.health)
     app.post("/sample")(h.sample)
     app.post("/invert")(h.invert)

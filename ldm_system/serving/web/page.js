@@ -1,0 +1,1 @@
+fetch("/health").then(r => r.json()).then(h => { document.getElementById("status").textContent = "model ready: " + h.model.conditioning; });
