@@ -53,11 +53,6 @@ class Batch:
     placements: list[bytes] = field(default_factory=list)
     text: torch.Tensor | None = None  # (B, L, D) cached text-encoder states, when the shards hold them
 
-    def __iter__(self) -> Iterator[Any]:
-        # Only for the engine's `_batch_len`, which counts images through `next(iter(batch))`; goes
-        # once that reads `batch.size`. Nothing else unpacks a batch.
-        return iter((self.images, self.labels, self.captions))
-
     @property
     def size(self) -> int:
         return len(self.keys)

@@ -376,7 +376,11 @@ def _with_engine(run_config: Any, cfg: EngineConfig) -> Any:
 
 
 def _batch_len(batch: Any) -> int:
-    first = next(iter(batch)) if isinstance(batch, (list, tuple)) or hasattr(batch, "size") else batch
+    """Samples in a batch: the data stream's `Batch` says so; a tensor, or a tuple led by one, by its rows."""
+    size = getattr(batch, "size", None)
+    if isinstance(size, int):
+        return size
+    first = batch[0] if isinstance(batch, (list, tuple)) and batch else batch
     return int(first.shape[0]) if isinstance(first, torch.Tensor) else 1
 
 

@@ -101,3 +101,15 @@ def test_warmup_cosine_values():
     assert f(10) == pytest.approx(1.0)
     assert f(60) == pytest.approx(0.1 + 0.9 * 0.5)  # halfway through the cosine
     assert f(110) == pytest.approx(0.1)
+
+
+def test_batch_len_counts_samples_of_every_batch_kind():
+    """images/s counts samples: the stream's Batch by its keys (it is not a tuple), tensors by rows."""
+    from ldm_system.data.stream_worker import Batch
+    from ldm_system.train.engine import _batch_len
+
+    b = Batch(torch.zeros(3, 1, 8, 8), torch.zeros(3, dtype=torch.long), ["", "", ""], ["a", "b", "c"])
+    assert _batch_len(b) == 3
+    assert not hasattr(b, "__iter__")
+    assert _batch_len(torch.zeros(5, 2)) == 5
+    assert _batch_len((torch.zeros(4, 2), torch.zeros(4))) == 4
