@@ -15,7 +15,7 @@ and records its tables through `Results`. A results file holds:
 
 Table cells are what the run printed: strings as formatted there ("12–12.8", "11.72x"), or plain
 numbers. `benchmarks/render_readme.py` writes the tables of `benchmarks/results/*.json` into
-`benchmarks/README.md` between `<!-- results: NAME/KEY -->` and `<!-- /results -->`.
+`benchmarks/README.md` and `docs/scaling.md` between `<!-- results: NAME/KEY -->` and `<!-- /results -->`.
 
 Standard library only: `attention.py` must run on a GPU machine that has only torch and triton.
 """
@@ -23,7 +23,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import platform
 from dataclasses import asdict, dataclass, field
+from datetime import date
 from pathlib import Path
 from typing import Any, Union
 
@@ -91,7 +94,11 @@ def start(name: str, args: argparse.Namespace, source: str = "") -> Results:
     """Results of this run, with every parsed option as its settings (minus --json itself)."""
     settings = {k: v if isinstance(v, (bool, int, float, str, type(None))) else str(v)
                 for k, v in vars(args).items() if k != "json"}
-    return Results(name, settings, source or f"python benchmarks/{name}.py")
+    if not source:
+        quick = " --quick" if settings.get("quick") else ""
+        source = (f"python benchmarks/{name}.py{quick}, {date.today().isoformat()}, "
+                  f"{os.cpu_count()} CPU cores ({platform.machine()})")
+    return Results(name, settings, source)
 
 
 def load(path: str | Path) -> Results:

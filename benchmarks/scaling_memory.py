@@ -1,7 +1,8 @@
 """Scale on paper: per-GPU bytes of model states under DDP and ZeRO-1/2/3, and the loader's read rate.
 
     python benchmarks/scaling_memory.py                          # print the tables (~1 min on a loaded CPU)
-    python benchmarks/scaling_memory.py --update docs/scaling.md # rewrite the generated part of the doc
+    python benchmarks/scaling_memory.py --json benchmarks/results/scaling_memory.json
+    python benchmarks/render_readme.py    # rewrite the tables of docs/scaling.md from that file
 
 Nothing is allocated: the UNets are our own presets (`ldm_system.models.unet.PRESETS`, "ldm4" and
 "sd1") built on the meta device, so parameter counts and forward FLOPs come from the real modules
@@ -40,7 +41,6 @@ STAGES = ("ddp", "zero1", "zero2", "zero3")
 MODELS = ("ldm4", "sd1")
 GIB = 2**30
 TAR_BLOCK = 512
-BEGIN, END = "<!-- scaling_memory.py: begin -->", "<!-- scaling_memory.py: end -->"
 
 # Per-GPU training rate assumptions for the read-rate table (not measured here: no GPU).
 RATES = (100, 300, 1000)  # images/s per GPU
@@ -320,24 +320,15 @@ def report(sizes: list[ModelSize], photos: dict[str, float], res: _results.Resul
         parts += ["", "Images/s per GPU estimated from FLOPs (not measured), and what the loader must then deliver:", "",
                   throughput_table(res, sizes, photos)]
     if "png_ms" in photos:
+        for fmt in ("png", "jpg", "npy"):
+            res.ratio(f"decode CPU ms per 256-px sample, {fmt}", photos[f"{fmt}_ms"])
         parts += ["", f"Decode cost measured here (CPU ms per 256-px sample, median): PNG {photos['png_ms']:.2f}, "
                       f"JPEG q90 {photos['jpg_ms']:.2f}, KL-f4 latent .npy {photos['npy_ms']:.3f}."]
     return "\n".join(parts) + "\n"
 
 
-def update_doc(doc: Path, text: str) -> None:
-    """Replace what lies between the BEGIN and END markers of `doc` with `text`."""
-    src = doc.read_text()
-    if BEGIN not in src or END not in src:
-        raise SystemExit(f"{doc} lacks the markers {BEGIN} ... {END}")
-    head, rest = src.split(BEGIN, 1)
-    _, tail = rest.split(END, 1)
-    doc.write_text(f"{head}{BEGIN}\n{text}{END}{tail}")
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--update", default="", help="write the tables between the markers of this Markdown file")
     ap.add_argument("--no-flops", action="store_true", help="skip the FLOP count (faster)")
     _results.add_options(ap, quick="no FLOP count (--no-flops)")
     args = ap.parse_args()
@@ -345,8 +336,6 @@ def main() -> None:
     res = _results.start("scaling_memory", args)
     text = report(model_sizes(flops=not args.no_flops), photo_sizes(), res)
     print(text)
-    if args.update:
-        update_doc(Path(args.update), text)
     res.save(args.json)
 
 
