@@ -14,11 +14,17 @@ fp16 halves the bytes; CLIP states are O(1)-O(10) in magnitude, well inside fp16
 
 Tag shuffling (`data.shuffle_tags`) changes the caption each epoch and so cannot use a cache; the
 stream hands out the cached states of the caption as stored (`batch.text`).
+
+Stage 2 (`training_null_text`): a text model on shards with a cache conditions every step on
+`batch.text` (condition dropout swaps in the cached null states) and never runs the encoder, which
+stays on the CPU for previews; export copies it from `text.path`. With `data.shuffle_tags` the
+cache is ignored (the shuffled caption has no cached states) and the encoder runs per step.
 """
 from __future__ import annotations
 
 import hashlib
 import io
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +33,7 @@ import torch
 
 from ldm_system.data.manifest import Manifest
 
+logger = logging.getLogger(__name__)
 TEXT_ENTRY = "text.npy"
 NULL_TEXT_FILE = "null_text.npy"
 _WEIGHT_SUFFIXES = (".safetensors", ".bin")
@@ -88,3 +95,21 @@ def load_null_text(folder: str | Path) -> torch.Tensor:
     """The cached empty caption's states (1, L, D), float32."""
     arr = np.load(Path(folder) / NULL_TEXT_FILE, allow_pickle=False)
     return torch.from_numpy(arr.astype(np.float32))
+
+
+def training_null_text(folder: str | Path, manifest: Manifest, encoder_path: str | Path, max_length: int,
+                       shuffle_tags: bool = False) -> torch.Tensor | None:
+    """The cached null states (1, L, D) when stage 2 trains from the shards' cached states; None when
+    it encodes online (no cache, or tag shuffling). Refuses a cache from another encoder or length."""
+    cached = manifest.meta.get("text_encoder")
+    if cached is None:
+        return None
+    if shuffle_tags:
+        logger.warning("%s: data.shuffle_tags changes captions, so their cached text states are not used; "
+                       "the text encoder runs every step", folder)
+        return None
+    check_text_encoder(manifest, encoder_path, folder)
+    if int(cached["max_length"]) != max_length:
+        raise ValueError(f"{folder}: text states were cached with max_length {cached['max_length']}, but "
+                         f"text.max_length={max_length}; set text.max_length={cached['max_length']} or re-encode")
+    return load_null_text(folder)

@@ -52,6 +52,7 @@ class TextEncoder:
         self.model = model.float().eval().requires_grad_(False)
         self.tokenizer, self.max_length, self.source = tokenizer, int(max_length), source
         self._null: torch.Tensor | None = None
+        self.deliver_to: torch.device | None = None  # where encode() hands states out (None: the model's device)
 
     # ---- loading / saving ----------------------------------------------------------------
     @classmethod
@@ -92,7 +93,15 @@ class TextEncoder:
 
     def to(self, device: torch.device | str) -> "TextEncoder":
         self.model.to(device)
-        self._null = None
+        self.deliver_to, self._null = None, None
+        return self
+
+    def serve_from_cpu(self, deliver_to: torch.device | str) -> "TextEncoder":
+        """Keep the model on the CPU and hand states out on `deliver_to`: for a run that trains from
+        cached states (data/text_cache.py) and encodes only its preview prompts, so the encoder takes
+        no accelerator memory."""
+        self.model.to("cpu")
+        self.deliver_to, self._null = torch.device(deliver_to), None
         return self
 
     def describe(self) -> dict:
@@ -109,7 +118,8 @@ class TextEncoder:
                                 truncation=True, return_tensors="pt")
         ids = tokens.input_ids.to(self.device)  # (B, L)
         with torch.autocast(ids.device.type, enabled=False):
-            return self.model(input_ids=ids).last_hidden_state.float()  # (B, L, D)
+            states = self.model(input_ids=ids).last_hidden_state.float()  # (B, L, D)
+        return states if self.deliver_to is None else states.to(self.deliver_to)
 
     def null(self) -> torch.Tensor:
         """The empty caption's states (1, L, D): the null condition for dropout and guidance."""
@@ -146,10 +156,24 @@ def drop_captions(captions: Sequence[str], prob: float, generator: torch.Generat
     Dropping the string before encoding makes a dropped row exactly the null condition. One draw per
     caption from `generator` (default: the global CPU RNG, which checkpoints restore: exact resume).
     """
+    drop = _drop_mask(len(captions), prob, generator)  # (B,)
+    return ["" if d else c for c, d in zip(captions, drop.tolist())]
+
+
+def drop_states(states: torch.Tensor, null: torch.Tensor, prob: float,
+                generator: torch.Generator | None = None) -> torch.Tensor:
+    """`drop_captions` for cached states (B, L, D): a dropped row becomes the null states (1, L, D).
+
+    The same draws as `drop_captions` for the same B, so training from a cache drops the same rows
+    as encoding online would."""
+    drop = _drop_mask(states.shape[0], prob, generator).to(states.device)  # (B,)
+    return torch.where(drop[:, None, None], null.to(states.dtype), states)
+
+
+def _drop_mask(n: int, prob: float, generator: torch.Generator | None) -> torch.Tensor:
     if not 0 <= prob <= 1:
         raise ValueError(f"caption dropout probability must lie in [0, 1], got {prob}")
-    drop = torch.rand(len(captions), generator=generator) < prob  # (B,)
-    return ["" if d else c for c, d in zip(captions, drop.tolist())]
+    return torch.rand(n, generator=generator) < prob  # (n,) bool, CPU RNG
 
 
 # ---- a random tiny CLIP, for debug configs and tests (no download) ------------------------
@@ -182,4 +206,4 @@ def save_random_text_encoder(out: str | Path, hidden_size: int = 32, layers: int
 
 
 __all__ = ["TextEncoderConfig", "TextEncoder", "locate", "check_cross_attention_dim", "drop_captions",
-           "save_random_text_encoder"]
+           "drop_states", "save_random_text_encoder"]

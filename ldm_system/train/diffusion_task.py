@@ -9,7 +9,10 @@ Inputs come in two forms, declared by the data manifest (see `ldm_system/data/en
             sample), or used directly for pixel-space diffusion when there is no autoencoder.
 
 The latent scale always comes from the autoencoder/manifest metadata, never a literal.
-Text models get a frozen `TextEncoder` (models/text.py): captions → (B, L, D) encoder states.
+Text models get a frozen `TextEncoder` (models/text.py): captions → (B, L, D) encoder states. With
+`cached_null` (shards from `ldm data encode --text-encoder`, data/text_cache.py) a step reads the
+states from the batch (`batch.text`) and never runs the encoder, which then stays on the CPU and
+encodes preview prompts only.
 """
 from __future__ import annotations
 
@@ -27,7 +30,7 @@ from ldm_system.diffusion.targets import diffusion_loss, offset_noise, sample_ti
 from ldm_system.models.conditioning import Conditioning
 from ldm_system.models.latent import LatentCodec
 from ldm_system.models.lora import LoRAConfig, add_lora
-from ldm_system.models.text import TextEncoder, check_cross_attention_dim, drop_captions
+from ldm_system.models.text import TextEncoder, check_cross_attention_dim, drop_captions, drop_states
 from ldm_system.models.unet import Denoiser, UNetConfig
 
 
@@ -60,6 +63,7 @@ class DiffusionTask:
         info: dict[str, Any] | None = None,
         text: TextEncoder | None = None,
         lora: LoRAConfig | None = None,
+        cached_null: torch.Tensor | None = None,  # (1, L, D): train from batch.text (see the module docstring)
     ) -> None:
         self.unet_cfg, self.diff_cfg, self.optim_cfg, self.preview_cfg = unet, diffusion, optim, preview
         self.codec, self.input_kind = codec, input_kind
@@ -73,6 +77,9 @@ class DiffusionTask:
                 raise ValueError("unet.conditioning is 'text' but no text encoder was given (set text.path)")
             check_cross_attention_dim(unet.cross_attention_dim, text)
             self.info["text_encoder"] = text.describe()
+        elif cached_null is not None:
+            raise ValueError(f"cached text states given but unet.conditioning is {unet.conditioning!r}, not 'text'")
+        self.cached_null = cached_null
         self._metrics: dict[str, float] = {}
         self.device = torch.device("cpu")
 
@@ -80,7 +87,10 @@ class DiffusionTask:
     def to_device(self, device: torch.device) -> None:
         self.device = device
         self.codec.to(device)
-        if self.text is not None:
+        if self.cached_null is not None:
+            self.cached_null = self.cached_null.to(device)
+            self.text.serve_from_cpu(device)  # previews only: no accelerator memory, no per-step forward
+        elif self.text is not None:
             self.text.to(device)
 
     def build(self) -> dict[str, nn.Module]:
@@ -109,8 +119,13 @@ class DiffusionTask:
                 raise ValueError(f"label {int(labels.max())} out of range for num_classes={self.unet_cfg.num_classes}")
             labels = torch.where(labels < 0, torch.full_like(labels, self.unet_cfg.num_classes), labels)  # unlabelled → null
             return drop_condition(labels, self.unet_cfg.num_classes, self.diff_cfg.cond_drop_prob)
+        p = self.diff_cfg.cond_drop_prob
+        if self.cached_null is not None:  # the same dropout draws as below, on the cached states
+            if batch.text is None:
+                raise ValueError("training from cached text states, but a batch came without them (batch.text)")
+            return drop_states(batch.text, self.cached_null, p)  # (B, L, D)
         # dropped captions become "", whose states are the null condition
-        return self.text.encode(drop_captions(batch.captions, self.diff_cfg.cond_drop_prob))  # (B, L, D)
+        return self.text.encode(drop_captions(batch.captions, p))  # (B, L, D)
 
     def losses(self, modules: Mapping[str, nn.Module], batch: Any, step: int) -> Iterator[tuple[str, torch.Tensor]]:
         x0 = self.latents(batch)

@@ -12,6 +12,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
 
 from autoencoders.config import AutoencoderConfig, DiscriminatorConfig, LossConfig, Stage1Config, Stage1OptimConfig
 from ldm_system.data.manifest import read_manifest
@@ -22,7 +23,8 @@ from ldm_system.models.lora import LoRAConfig
 from ldm_system.models.text import TextEncoder, TextEncoderConfig
 from ldm_system.models.unet import UNetConfig
 from ldm_system.train.diffusion_task import DiffusionTask, OptimConfig, PreviewConfig
-from ldm_system.train.engine import EngineConfig, Trainer
+from ldm_system.train.engine import Trainer
+from ldm_system.train.engine_config import EngineConfig
 
 
 @dataclass(frozen=True)
@@ -152,6 +154,19 @@ def build_text_encoder(cfg: LDMRunConfig) -> TextEncoder | None:
     return TextEncoder.from_config(cfg.text)
 
 
+def cached_null_text(cfg: LDMRunConfig) -> torch.Tensor | None:
+    """The shards' cached null text states (1, L, D) when a text model trains from cached states
+    (data/text_cache.py), else None: the text encoder then runs every step."""
+    if cfg.unet.conditioning != "text":
+        return None
+    from ldm_system.data.text_cache import training_null_text
+
+    spec = Path(cfg.data.shards)
+    folder = spec.parent if spec.name == "manifest.json" else spec
+    return training_null_text(folder, read_manifest(_manifest_folder(cfg.data.shards)), cfg.text.path,
+                              cfg.text.max_length, cfg.data.shuffle_tags)
+
+
 def run_ldm(cfg: LDMRunConfig, resume: str | None = None, init_from: str | None = None,
             resume_weights_only: bool = False) -> Trainer:
     from ldm_system.train.finetune import apply_init, load_init_unet, read_init_source
@@ -163,7 +178,7 @@ def run_ldm(cfg: LDMRunConfig, resume: str | None = None, init_from: str | None 
     check_unet_fits(cfg.unet, shape)
     init = load_init_unet(source, cfg.unet) if source is not None else None
     task = DiffusionTask(cfg.unet, cfg.diffusion, cfg.optim, codec, kind, cfg.preview, init_unet=init, info=info,
-                         text=build_text_encoder(cfg), lora=cfg.lora)
+                         text=build_text_encoder(cfg), lora=cfg.lora, cached_null=cached_null_text(cfg))
     trainer = Trainer(task, stream_factory(cfg.data), cfg.train, run_config=cfg, micro_batch=cfg.data.batch_size,
                       resume=resume, resume_weights_only=resume_weights_only)
     trainer.fit()
@@ -171,4 +186,4 @@ def run_ldm(cfg: LDMRunConfig, resume: str | None = None, init_from: str | None 
 
 
 __all__ = ["AERunConfig", "LDMRunConfig", "run_autoencoder", "run_ldm", "data_codec", "check_unet_fits",
-           "build_text_encoder"]
+           "build_text_encoder", "cached_null_text"]
