@@ -5,10 +5,15 @@ Images travel as base64-encoded PNG (JPEG is accepted on input). Classes are nam
 integer ids; `classes` is one value for the whole batch or one per image; `prompts` (text-conditioned
 models) likewise one string or one per image. Unknown keys are rejected,
 as in the YAML configs: a typo such as "guidence" must not be silently ignored.
+
+`parse_body` reads the JSON: Python's reader accepts NaN, Infinity and 1e999 (which overflows to
+infinity), so every number in the body is checked to be finite, wherever it sits.
 """
 from __future__ import annotations
 
-from typing import Optional, Union
+import json
+import math
+from typing import Any, Optional, Sequence, Union
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -16,6 +21,40 @@ from ldm_system.models.conditioning import per_image
 from ldm_system.serving import requests
 
 ClassValue = Union[int, str]
+
+
+def parse_body(raw: bytes) -> dict:
+    """The request body as a JSON object; a non-finite number anywhere in it is a ValueError naming where."""
+    if not raw:
+        raise ValueError("the request body is empty: send a JSON object")
+    try:
+        data = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"the request body is not valid JSON: {e}") from None
+    except (ValueError, RecursionError) as e:  # e.g. an integer of more than 4300 digits, nesting too deep
+        raise ValueError(f"the request body is not usable JSON: {e}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"the request body must be a JSON object, got {type(data).__name__}")
+    stack: list[tuple[str, Any]] = [("", data)]
+    while stack:  # iterative: a deeply nested body must not exhaust the recursion limit
+        path, value = stack.pop()
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"{path or 'body'}: numbers must be finite, got {value} (NaN, Infinity and values "
+                             "beyond the float range such as 1e999 are refused)")
+        if isinstance(value, dict):
+            stack.extend((f"{path}.{k}" if path else str(k), v) for k, v in value.items())
+        elif isinstance(value, list):
+            stack.extend((f"{path}[{i}]", v) for i, v in enumerate(value))
+    return data
+
+
+def flatten_errors(errors: Sequence[dict]) -> str:
+    """pydantic's error list as one line: "num: Input should be a valid integer; ..."."""
+    parts = []
+    for err in errors:
+        loc = ".".join(str(x) for x in err.get("loc", ()) if x not in ("body", "path"))
+        parts.append(f"{loc or 'body'}: {err.get('msg', 'invalid')}")
+    return "; ".join(parts)
 
 
 class _Request(BaseModel):
@@ -90,4 +129,4 @@ class InterpolateRequest(_Request):
                                            per_image(self.prompts, 2, "prompts", "prompt"))
 
 
-__all__ = ["EditRequest", "InterpolateRequest", "InvertRequest", "SampleRequest"]
+__all__ = ["EditRequest", "InterpolateRequest", "InvertRequest", "SampleRequest", "flatten_errors", "parse_body"]

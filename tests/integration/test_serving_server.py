@@ -1,7 +1,5 @@
 """The HTTP server for real: uvicorn on a free 127.0.0.1 port in a background thread, httpx requests."""
 import base64
-import io
-import socket
 import threading
 import time
 
@@ -9,54 +7,26 @@ import httpx
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from ldm_system.serving.image_io import tensor_to_b64png
-from ldm_system.serving.server import ServerLimits, create_app, is_loopback
+from ldm_system.serving.server import BatchingConfig, ServerLimits, create_app, is_loopback
+from serving_http import decode_png, free_port, png_b64, running_server, start_ldm_serve, wait_healthy
 
 LIMITS = ServerLimits(max_steps=20, max_batch=4, max_null_opt_steps=5, max_input_side=256, max_body_bytes=200_000)
+# a wide window: on a loaded 2-core machine concurrent test clients must still land in one batch
+BATCHING = BatchingConfig(window_ms=300, max_images=8)
 
 
 @pytest.fixture(scope="module")
 def base_url(serving_pipe):
-    import uvicorn
-
-    # Bind the socket ourselves (port 0 → the OS picks a free one) and hand it to uvicorn: no race
-    # between "find a free port" and "listen on it".
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(serving_pipe, LIMITS), log_level="warning", lifespan="off"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(timeout=30)
-    sock.close()
-    assert not thread.is_alive(), "uvicorn did not shut down"
+    with running_server(create_app(serving_pipe, LIMITS, batching=BATCHING)) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
 def client(base_url):
     with httpx.Client(base_url=base_url, timeout=120) as c:
         yield c
-
-
-def decode_png(b64: str) -> Image.Image:
-    im = Image.open(io.BytesIO(base64.b64decode(b64)))
-    im.load()
-    return im
-
-
-def png_b64(size=(32, 32), value=128) -> str:
-    buf = io.BytesIO()
-    Image.new("L", size, value).save(buf, format="PNG")
-    return base64.b64encode(buf.getvalue()).decode()
 
 
 def test_health_describes_the_model(client):
@@ -201,15 +171,33 @@ def test_bad_requests_get_clear_4xx(client, path, body, status, detail):
     assert r.json()["detail"].startswith(detail) or detail in r.json()["detail"], r.json()
 
 
-@pytest.mark.parametrize("path, body, detail", [
-    ("/sample", '{"num": 1, "steps": 2, "guidance": NaN}', "guidance must lie in [0, 30.0], got nan"),
-    ("/sample", '{"num": 1, "steps": 2, "eta": Infinity}', "eta must be a finite number >= 0, got inf"),
-    ("/edit", '{"images": ["{png}"], "target_class": 1, "steps": 4, "strength": NaN}', "strength must lie in (0, 1], got nan"),
+@pytest.mark.parametrize("path, body, where", [
+    ("/sample", '{"num": 1, "steps": 2, "guidance": NaN}', "guidance: numbers must be finite, got nan"),
+    ("/sample", '{"num": 1, "steps": 2, "eta": Infinity}', "eta: numbers must be finite, got inf"),
+    ("/sample", '{"num": 1, "steps": 2, "eta": -Infinity}', "eta: numbers must be finite, got -inf"),
+    ("/sample", '{"num": 1, "steps": 2, "guidance": 1e999}', "guidance: numbers must be finite, got inf"),
+    ("/sample", '{"num": 2, "steps": 2, "classes": [1, NaN]}', "classes[1]: numbers must be finite"),
+    ("/sample", '{"num": 1, "steps": 2, "unknown": {"deep": [1, 2, 1e999]}}', "unknown.deep[2]: numbers must be finite"),
+    ("/edit", '{"images": ["{png}"], "target_class": 1, "steps": 4, "strength": NaN}', "strength: numbers must be finite"),
+    ("/invert", '{"images": ["{png}"], "steps": 2, "guidance": Infinity}', "guidance: numbers must be finite"),
 ])
-def test_non_finite_numbers_are_422(client, path, body, detail):
-    """Python's JSON reader accepts NaN and Infinity: the requests refuse them."""
+def test_non_finite_numbers_anywhere_are_422(client, path, body, where):
+    """Python's JSON reader accepts NaN, Infinity and 1e999 (→ inf): the body parser refuses them
+    wherever they sit, naming the place."""
     body = body.replace("{png}", png_b64())
     r = client.post(path, content=body.encode(), headers={"content-type": "application/json"})
+    assert r.status_code == 422 and r.json()["detail"].startswith(where), r.text
+    assert r.json()["request_id"]
+
+
+@pytest.mark.parametrize("body, detail", [
+    (b"", "the request body is empty"),
+    (b"{not json", "the request body is not valid JSON"),
+    (b"[1, 2]", "the request body must be a JSON object, got list"),
+    (b"\xff\xfe", "the request body is not valid JSON"),
+])
+def test_unreadable_bodies_are_422(client, body, detail):
+    r = client.post("/sample", content=body, headers={"content-type": "application/json"})
     assert r.status_code == 422 and r.json()["detail"].startswith(detail), r.text
 
 
@@ -218,36 +206,93 @@ def test_oversized_body_is_413(client):
     assert r.status_code == 413 and "exceeds the server limit" in r.json()["detail"]
 
 
-def test_concurrent_requests_are_serialised_and_both_answered(client, base_url, serving_pipe, monkeypatch):
-    """Two samples at once: the model lock lets one run at a time; both succeed and equal their
-    serial results."""
-    real_sample, active, peak = serving_pipe.sample, [0], [0]
+def _concurrently(base_url: str, bodies: list[dict]) -> list[dict]:
+    """POST every body to /sample at the same moment (one client thread each)."""
+    results: list = [None] * len(bodies)
+    start = threading.Barrier(len(bodies))
 
-    def spy(*args, **kwargs):
-        active[0] += 1
-        peak[0] = max(peak[0], active[0])
-        try:
-            time.sleep(0.3)  # widen the window in which an unserialised request would overlap
-            return real_sample(*args, **kwargs)
-        finally:
-            active[0] -= 1
-
-    monkeypatch.setattr(serving_pipe, "sample", spy)
-    results = {}
-
-    def go(seed):
+    def go(i):
         with httpx.Client(base_url=base_url, timeout=120) as c:
-            results[seed] = c.post("/sample", json={"num": 1, "classes": 1, "steps": 3, "seed": seed}).json()["images"]
+            start.wait()
+            results[i] = c.post("/sample", json=bodies[i]).json()
 
-    threads = [threading.Thread(target=go, args=(s,)) for s in (1, 2)]
+    threads = [threading.Thread(target=go, args=(i,)) for i in range(len(bodies))]
     for t in threads:
         t.start()
     for t in threads:
-        t.join(timeout=120)
-    assert peak[0] == 1 and sorted(results) == [1, 2]
-    for seed in (1, 2):
-        solo = client.post("/sample", json={"num": 1, "classes": 1, "steps": 3, "seed": seed}).json()["images"]
-        assert results[seed] == solo
+        t.join(timeout=180)
+    return results
+
+
+def _pixels(b64_images: list[str]) -> np.ndarray:
+    return np.stack([np.asarray(decode_png(s), dtype=np.int16) for s in b64_images])
+
+
+@pytest.mark.parametrize("settings", [
+    {"sampler": "ddim", "guidance": 3.0},
+    {"sampler": "ddpm", "guidance": 1.0},  # stochastic: each request's step noise comes from its own seed
+    {"sampler": "ddim", "eta": 0.7, "guidance": 2.0},
+])
+def test_concurrent_samples_share_a_batch_and_equal_their_solo_results(client, base_url, settings):
+    """Four compatible requests at once run as one UNet batch (`batch_requests`); each keeps its seed,
+    so its images are what it gets alone (up to the float rounding of a batched network call: PNG
+    pixels within one level, nearly all equal)."""
+    bodies = [{"num": n, "classes": c, "steps": 4, "seed": seed, **settings}
+              for n, c, seed in ((1, 1, 11), (2, 7, 12), (1, "Bag", 13), (1, 1, 14))]
+    together = _concurrently(base_url, bodies)
+    assert max(r["batch_requests"] for r in together) >= 2, together  # merged (4 when they all arrive in the window)
+    assert sum(r["batch_requests"] for r in together) > len(bodies)
+    for body, merged in zip(bodies, together):
+        solo = client.post("/sample", json=body).json()
+        assert solo["batch_requests"] == 1
+        a, b = _pixels(merged["images"]), _pixels(solo["images"])
+        assert a.shape == b.shape == (body["num"], 32, 32)
+        assert np.abs(a - b).max() <= 1 and (a == b).mean() > 0.995
+    # different seeds really give different images (the merge did not share the noise)
+    assert not np.array_equal(_pixels(together[0]["images"]), _pixels(together[3]["images"]))
+
+
+def test_incompatible_samples_do_not_merge(base_url):
+    bodies = [{"num": 1, "classes": 1, "steps": 3, "seed": 1}, {"num": 1, "classes": 1, "steps": 4, "seed": 1},
+              {"num": 1, "steps": 3, "seed": 1}]  # other steps; unconditional vs class
+    for r in _concurrently(base_url, bodies):
+        assert r["batch_requests"] == 1, r
+
+
+def test_progress_follows_a_request_by_its_id(client, base_url):
+    assert client.get("/progress/never-seen").json() == {"state": "unknown", "step": 0, "total": 0,
+                                                         "request_id": "never-seen"}
+    r = client.post("/sample", json={"num": 1, "steps": 7}, headers={"X-Request-Id": "prog_1"})
+    assert r.status_code == 200 and r.json()["request_id"] == "prog_1" and r.headers["x-request-id"] == "prog_1"
+    assert client.get("/progress/prog_1").json() == {"state": "done", "step": 7, "total": 7, "request_id": "prog_1"}
+    seen = []
+
+    def poll():
+        with httpx.Client(base_url=base_url, timeout=10) as c:
+            while not seen or seen[-1]["state"] not in ("done", "failed"):
+                seen.append(c.get("/progress/prog_2").json())
+                time.sleep(0.01)
+
+    watcher = threading.Thread(target=poll)
+    watcher.start()
+    r = client.post("/invert", json={"images": [png_b64()], "steps": 20}, headers={"X-Request-Id": "prog_2"})
+    watcher.join(timeout=60)
+    assert r.status_code == 200
+    running = [p["step"] for p in seen if p["state"] == "running"]
+    assert running and 0 < min(running) and max(running) <= 40 and running == sorted(running), seen
+    assert seen[-1] == {"state": "done", "step": 40, "total": 40, "request_id": "prog_2"}  # inversion + reconstruction
+    bad = client.post("/sample", json={"num": 1, "steps": 99}, headers={"X-Request-Id": "prog_3"})
+    assert bad.status_code == 422 and bad.json()["request_id"] == "prog_3"
+    assert client.get("/progress/prog_3").json()["state"] == "failed"
+    assert client.get("/progress/bad$id").status_code == 422
+
+
+def test_every_json_answer_carries_a_request_id(client):
+    for r in (client.get("/health"), client.post("/sample", json={"num": 1, "steps": 2}),
+              client.post("/sample", json={"num": 99}), client.get("/no-such-path")):
+        assert r.json()["request_id"] == r.headers["x-request-id"] and len(r.json()["request_id"]) == 16, r.text
+    r = client.get("/health", headers={"X-Request-Id": "x" * 65})
+    assert r.status_code == 400 and r.json()["detail"].startswith("X-Request-Id must be 1-64 characters")
 
 
 def test_limits_and_loopback_helpers():
@@ -260,55 +305,40 @@ def test_limits_and_loopback_helpers():
 @pytest.mark.slow
 def test_ldm_serve_command_end_to_end(serving_model_dir):
     """`ldm serve` as a real process (its start-up imports take ~30 s on a loaded 2-core machine)."""
-    import os
-    import subprocess
-    import sys
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    ldm = os.path.join(os.path.dirname(sys.executable), "ldm")
-    proc = subprocess.Popen([ldm, "serve", "--model", str(serving_model_dir), "--port", str(port), "--max-steps", "8"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    port = free_port()
+    proc = start_ldm_serve(serving_model_dir, port, "--max-steps", "8")
     try:
         url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 180
-        while True:
-            assert proc.poll() is None, proc.stdout.read()
-            try:
-                if httpx.get(f"{url}/health", timeout=5).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "ldm serve did not come up"
-            time.sleep(1)
+        wait_healthy(proc, url)
+        assert httpx.get(f"{url}/health").json()["model"]["device"] == "cpu"  # --device auto on a CPU machine
         r = httpx.post(f"{url}/sample", json={"num": 1, "classes": "Bag", "steps": 4}, timeout=60)
         assert r.status_code == 200 and decode_png(r.json()["images"][0]).size == (32, 32)
         r = httpx.post(f"{url}/sample", json={"num": 1, "steps": 9}, timeout=60)
         assert r.status_code == 422 and "1..8" in r.json()["detail"]
     finally:
         proc.terminate()
-        proc.wait(timeout=30)
+        proc.wait(timeout=60)
 
 
-def test_bearer_token_guards_every_endpoint_but_health(serving_pipe, tmp_path, monkeypatch):
-    from fastapi.testclient import TestClient
-
+def test_bearer_token_guards_every_api_path(serving_pipe, tmp_path, monkeypatch):
     from ldm_system.serving.cli import server_token
 
     token = "s3cret-token-0123456789"
     with pytest.raises(ValueError, match="at least 16 characters"):
         create_app(serving_pipe, LIMITS, token="short")
-    app = TestClient(create_app(serving_pipe, LIMITS, token=token))
     body = {"num": 1, "classes": "Sneaker", "steps": 2}
-    assert app.get("/health").status_code == 200  # probes stay open
-    for headers in ({}, {"Authorization": "Bearer wrong-token-0123456789"}, {"Authorization": token}):
-        r = app.post("/sample", json=body, headers=headers)
-        assert r.status_code == 401 and r.json()["detail"] == "missing or wrong bearer token"
-        assert r.headers["www-authenticate"] == "Bearer"
-    r = app.post("/sample", json=body, headers={"Authorization": f"Bearer {token}"})
-    assert r.status_code == 200 and len(r.json()["images"]) == 1
+    with running_server(create_app(serving_pipe, LIMITS, token=token)) as url, httpx.Client(base_url=url) as app:
+        assert app.get("/health").status_code == 200  # probes stay open
+        for headers in ({}, {"Authorization": "Bearer wrong-token-0123456789"}, {"Authorization": token},
+                        {"Authorization": f"Basic {token}"}, {"Authorization": f"Bearer{token}"}):
+            for r in (app.post("/sample", json=body, headers=headers), app.get("/progress/abc", headers=headers)):
+                assert r.status_code == 401 and r.json()["detail"] == "missing or wrong bearer token"
+                assert r.headers["www-authenticate"] == "Bearer" and r.json()["request_id"]
+        # the scheme is case-insensitive (RFC 7235); extra spaces before the token are allowed
+        for scheme in ("Bearer ", "bearer ", "BEARER ", "bEaReR   "):
+            r = app.post("/sample", json=body, headers={"Authorization": scheme + token})
+            assert r.status_code == 200 and len(r.json()["images"]) == 1, scheme
+        assert app.get("/progress/abc", headers={"Authorization": f"bearer {token}"}).json()["state"] == "unknown"
     # where the token comes from: a file's first line, else the environment, else none
     (tmp_path / "tok").write_text(f"{token}\n")
     assert server_token(str(tmp_path / "tok")) == token

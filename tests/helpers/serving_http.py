@@ -1,0 +1,110 @@
+"""Real HTTP for the server tests: uvicorn on a free 127.0.0.1 port in a background thread, and
+small clients (httpx, raw sockets) for what httpx will not send."""
+from __future__ import annotations
+
+import base64
+import io
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import httpx
+from PIL import Image
+
+
+@contextmanager
+def running_server(app, log_level: str = "warning") -> Iterator[str]:
+    """Serve `app` until the block ends; yields the base URL. The app's lifespan runs, so its model
+    worker is stopped on exit."""
+    import uvicorn
+
+    # Bind the socket ourselves (port 0 → the OS picks a free one) and hand it to uvicorn: no race
+    # between "find a free port" and "listen on it".
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=5))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+        sock.close()
+        assert not thread.is_alive(), "uvicorn did not shut down"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_ldm_serve(model_dir: Path, port: int, *flags: str) -> subprocess.Popen:
+    """`ldm serve` as a real process, its log (stdout + stderr) on the pipe."""
+    ldm = os.path.join(os.path.dirname(sys.executable), "ldm")
+    return subprocess.Popen([ldm, "serve", "--model", str(model_dir), "--port", str(port), *flags],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"})
+
+
+def wait_healthy(proc: subprocess.Popen, url: str, timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        assert proc.poll() is None, proc.stdout.read()
+        try:
+            if httpx.get(f"{url}/health", timeout=5).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        assert time.monotonic() < deadline, "ldm serve did not come up"
+        time.sleep(0.5)
+
+
+def png_b64(size=(32, 32), value=128, fmt: str = "PNG", mode: str = "L") -> str:
+    buf = io.BytesIO()
+    Image.new(mode, size, value).save(buf, format=fmt)
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def decode_png(b64: str) -> Image.Image:
+    im = Image.open(io.BytesIO(base64.b64decode(b64)))
+    im.load()
+    return im
+
+
+def raw_request(url: str, head: str, body: bytes = b"", timeout: float = 30) -> tuple[int, bytes]:
+    """One HTTP/1.1 exchange over a plain socket: (status, response bytes)."""
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=timeout) as s:
+        s.sendall(head.encode() + b"\r\n\r\n" + body)
+        data = b""
+        while b"\r\n\r\n" not in data or len(data) < _expected_length(data):
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    return int(data.split(b" ", 2)[1]), data
+
+
+def _expected_length(data: bytes) -> int:
+    head, _, _ = data.partition(b"\r\n\r\n")
+    for line in head.split(b"\r\n"):
+        if line.lower().startswith(b"content-length:"):
+            return len(head) + 4 + int(line.split(b":")[1])
+    return len(data) + 1
+
+
+__all__ = ["decode_png", "free_port", "png_b64", "raw_request", "running_server", "start_ldm_serve", "wait_healthy"]
