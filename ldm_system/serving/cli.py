@@ -29,6 +29,7 @@ import torch
 
 from ldm_system.diffusion.samplers import SAMPLERS
 from ldm_system.models.conditioning import per_image
+from ldm_system.serving.device import resolve_device
 from ldm_system.serving.noise_files import load_noise, replay_inversion, save_noise
 from ldm_system.serving.requests import (InterpolateRequest, InvertRequest, Names, SampleRequest, SDEditRequest,
                                          edit_or_sdedit)
@@ -61,7 +62,7 @@ def _load_pipeline(a: argparse.Namespace):
     from ldm_system.serving.pipeline import LDMPipeline
 
     torch.manual_seed(a.seed)
-    return LDMPipeline.from_pretrained(a.model, device=a.device)
+    return LDMPipeline.from_pretrained(a.model, device=resolve_device(a.device))
 
 
 def _load_images(pipe, paths: Sequence[str]) -> torch.Tensor:
@@ -211,13 +212,28 @@ def cmd_interpolate(a: argparse.Namespace) -> int:
 
 
 def cmd_serve(a: argparse.Namespace) -> int:
-    from ldm_system.serving.server import ServerLimits, serve
+    from ldm_system.serving.server import BatchingConfig, ServerLimits, serve
 
     if not 1 <= a.port <= 65535:  # uvicorn would fail deep inside with an OverflowError
         raise ValueError(f"--port must lie in 1..65535, got {a.port}")
-    limits = ServerLimits(max_steps=a.max_steps, max_batch=a.max_batch)
-    serve(a.model, host=a.host, port=a.port, limits=limits, device=a.device, token=server_token(a.token_file))
+    for flag in SERVE_LIMIT_FLAGS:
+        value = getattr(a, flag[2:].replace("-", "_"))
+        if not value > 0:
+            raise ValueError(f"{flag} must be positive, got {value}")
+    if a.batch_window_ms < 0:
+        raise ValueError(f"--batch-window-ms must be >= 0, got {a.batch_window_ms}")
+    device = resolve_device(a.device)  # before the model loads: a wrong --device costs no weights
+    limits = ServerLimits(max_steps=a.max_steps, max_batch=a.max_batch, max_input_side=a.max_input_side,
+                          max_input_pixels=a.max_input_pixels, max_body_bytes=a.max_body_bytes,
+                          max_queue=a.max_queue, request_timeout_s=a.request_timeout)
+    batching = BatchingConfig(window_ms=a.batch_window_ms, max_images=a.batch_images)
+    serve(a.model, host=a.host, port=a.port, limits=limits, device=device, token=server_token(a.token_file),
+          batching=batching, shutdown_timeout_s=a.shutdown_timeout)
     return 0
+
+
+SERVE_LIMIT_FLAGS = ("--max-steps", "--max-batch", "--max-input-side", "--max-input-pixels", "--max-body-bytes",
+                     "--max-queue", "--request-timeout", "--shutdown-timeout", "--batch-images")
 
 
 def server_token(token_file: str | None) -> str | None:
@@ -242,7 +258,7 @@ def _common(p: argparse.ArgumentParser, steps: int = 50) -> None:
     p.add_argument("--model", required=True, help="an `ldm export` folder or a diffusers pipeline folder")
     p.add_argument("--steps", type=int, default=steps, help="sampler steps (default %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="noise seed (DDIM inversion and class edits are deterministic)")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="auto", help="auto (default: cuda when present, else cpu), cpu, cuda, cuda:N")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -321,9 +337,28 @@ def _serve_command(sub) -> None:
     p.add_argument("--model", required=True)
     p.add_argument("--host", default="127.0.0.1", help="bind address (default: loopback only)")
     p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--max-steps", type=int, default=200)
-    p.add_argument("--max-batch", type=int, default=16)
+    p.add_argument("--device", default="auto", help="auto (default: cuda when present, else cpu), cpu, cuda, cuda:N")
+    p.add_argument("--max-steps", type=int, default=200, help="sampler/inversion steps per request (default %(default)s)")
+    p.add_argument("--max-batch", type=int, default=16, help="images (or frames) per request (default %(default)s)")
+    p.add_argument("--max-input-side", type=int, default=2048, help="uploaded image side, read from its header "
+                   "before decoding (default %(default)s)")
+    p.add_argument("--max-input-pixels", type=int, default=2048 * 2048,
+                   help="uploaded image width x height, read from its header: decompression bombs get 413 "
+                   "(default %(default)s)")
+    p.add_argument("--max-body-bytes", type=int, default=32 * 1024 * 1024,
+                   help="request body, counted while it streams in (chunked too): 413 (default %(default)s)")
+    p.add_argument("--max-queue", type=int, default=64,
+                   help="requests waiting for the model; more get 503 + Retry-After (default %(default)s)")
+    p.add_argument("--request-timeout", type=float, default=300.0, metavar="S",
+                   help="seconds a request may wait and run; then it stops at its next step: 504 (default %(default)s)")
+    p.add_argument("--shutdown-timeout", type=float, default=10.0, metavar="S",
+                   help="on SIGTERM, seconds the requests in flight get to finish before they are cancelled "
+                   "(default %(default)s)")
+    p.add_argument("--batch-window-ms", type=float, default=15.0, metavar="MS",
+                   help="how long a sample request waits for compatible ones to share its UNet batch "
+                   "(default %(default)s; 0: merge only what is already queued)")
+    p.add_argument("--batch-images", type=int, default=32,
+                   help="images in one merged UNet batch (default %(default)s; 1: one request at a time)")
     p.add_argument("--token-file", default=None, metavar="F",
                    help="require `Authorization: Bearer <first line of F>` (or set LDM_SERVE_TOKEN)")
     p.set_defaults(fn=cmd_serve)
