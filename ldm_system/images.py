@@ -3,7 +3,11 @@
 Every image the model reads (a file for `ldm invert`/`edit`, an upload to the server, a held-out
 test image) is prepared by the packer's policy, `ldm_system.data.transforms.fit_image`: colour mode
 first (transparency composited over white, palette/CMYK/16-bit mapped to 8-bit L or RGB), then the
-shorter side resized to the model size with Lanczos and the centre square cropped.
+shorter side resized to the model size with Lanczos and the centre square cropped. Invert and edit
+keep an image's shape instead (`open_image_file(..., step=)`): the shape of about size² pixels whose
+sides are multiples of the model's pixel step and whose aspect is nearest the image's (the rule of
+`ldm data pack --buckets`), or the height/width asked for; the image is resized to cover it and
+loses only the thin remainder, cropped evenly.
 
 Why the packer's rule and not serving's former bicubic + plain `convert`: the model only knows the
 training distribution, so an image it inverts or edits must be prepared the way its training images
@@ -23,6 +27,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ldm_system.data.buckets import DEFAULT_MAX_ASPECT, fit_to_bucket
 from ldm_system.data.transforms import fit_image, resize_and_crop, to_channels, to_tensor_pm1
 
 
@@ -74,13 +79,17 @@ def save_grid(images: torch.Tensor, path: str | Path, nrow: int | None = None) -
 # ---- pixels → tensor --------------------------------------------------------------------------
 @dataclass(frozen=True)
 class LoadedImage:
-    tensor: torch.Tensor  # (1, C, size, size) in [-1, 1]
+    tensor: torch.Tensor  # (1, C, H, W) in [-1, 1]
     original_size: tuple[int, int]  # (width, height) before the size policy
 
     @property
+    def size(self) -> tuple[int, int]:
+        """(width, height) after the size policy."""
+        return int(self.tensor.shape[-1]), int(self.tensor.shape[-2])
+
+    @property
     def resized(self) -> bool:
-        side = self.tensor.shape[-1]
-        return self.original_size != (side, side)
+        return self.original_size != self.size
 
 
 def pil_to_tensor(im: Image.Image, channels: int) -> torch.Tensor:
@@ -98,15 +107,41 @@ def resize_and_center_crop(im: Image.Image, size: int) -> Image.Image:
     return resize_and_crop(im, size, "center")
 
 
-def open_image_file(path: str | Path, size: int, channels: int) -> LoadedImage:
-    """Read one image file for the model, with the policy above. Clear errors for bad files."""
+def kept_shape(width: int, height: int, size: int, step: int, out_height: int | None = None,
+               out_width: int | None = None, max_aspect: float = DEFAULT_MAX_ASPECT) -> tuple[int, int]:
+    """(W, H) for a width x height image that keeps its aspect: sides multiples of `step`, about size²
+    pixels (aspect clamped to 1:R..R:1, as buckets are); a side given in out_height/out_width is
+    kept and the other follows the aspect."""
+    a = min(max(width / height, 1 / max_aspect), max_aspect)
+
+    def snap(x: float) -> int:
+        return max(step, round(x / step) * step)
+
+    if out_height is not None or out_width is not None:
+        return (out_width or snap(out_height * a)), (out_height or snap(out_width / a))
+    return snap(size * math.sqrt(a)), snap(size / math.sqrt(a))
+
+
+def fit_to_shape(im: Image.Image, shape: tuple[int, int], channels: int) -> torch.Tensor:
+    """PIL image → (1, C, H, W) in [-1, 1] for shape (W, H): colour policy, cover resize, even crop."""
+    img, _ = fit_to_bucket(to_channels(im, channels), (shape,))
+    return to_tensor_pm1(img).unsqueeze(0)
+
+
+def open_image_file(path: str | Path, size: int, channels: int, step: int | None = None,
+                    height: int | None = None, width: int | None = None) -> LoadedImage:
+    """Read one image file for the model, with the policy above. Clear errors for bad files.
+    Without `step`, the centre size x size square; with it, the image keeps its shape (`kept_shape`)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"image not found: {path}")
     try:
         with Image.open(path) as im:
             im.load()
-            return LoadedImage(fit_to_tensor(im, size, channels), im.size)
+            if step is None:
+                return LoadedImage(fit_to_tensor(im, size, channels), im.size)
+            shape = kept_shape(im.width, im.height, size, step, height, width)
+            return LoadedImage(fit_to_shape(im, shape, channels), im.size)
     except Exception as e:  # PIL raises OSError subclasses, DecompressionBombError, SyntaxError, ...
         raise ValueError(f"cannot read image {path}: {e}") from None
 

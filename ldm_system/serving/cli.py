@@ -7,14 +7,16 @@
     ldm edit --model M shoe.png --source-class Sneaker --target-class Sandal --keep-steps 10 --out edit/
     ldm edit --model M shoe.png --source-prompt "a sneaker" --target-prompt "a sandal" --out edit/   (text models)
     ldm edit --model M shoe.png --target-class Sandal --strength 0.6 --out edit/      (SDEdit; or --target-prompt)
+    ldm edit --model M wide.png --height 64 --width 128 ...      (invert/edit/interpolate: any multiple of the pixel step)
     ldm interpolate --model M a.png b.png --num 8 [--class A B | --prompt TEXT [TEXT]] --out path.png
     ldm serve --model M [--host 127.0.0.1 --port 8000]
 
 Each command parses its flags into a request (`serving/requests.py`) and checks it before the model
 loads, so a bad flag costs no weights; the rules and their messages live there, spelled with the
 flags below (`CLI`). Bad input raises ValueError / FileNotFoundError, which `ldm_system.cli.main`
-turns into one line on stderr and exit code 2. Input images of another size follow the resize policy
-in `image_io` (noted on stderr).
+turns into one line on stderr and exit code 2. Input images keep their aspect (`LDMPipeline.open_images`:
+about the model's pixel count, or --height/--width), resized and cropped only by a thin remainder
+(noted on stderr).
 """
 from __future__ import annotations
 
@@ -35,6 +37,7 @@ from ldm_system.serving.requests import (InterpolateRequest, InvertRequest, Name
                                          edit_or_sdedit)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+KEPT = "default: each image keeps its aspect at about the training pixel count; one given side keeps it too"
 CLI: Names = {  # request field → the flag that sets it, for error messages
     "num": "--num", "steps": "--steps", "classes": "--class", "prompts": "--prompt", "guidance": "--guidance",
     "eta": "--eta", "fixed_point_iters": "--fixed-point", "null_optimization": "--null-opt",
@@ -65,18 +68,21 @@ def _load_pipeline(a: argparse.Namespace):
     return LDMPipeline.from_pretrained(a.model, device=resolve_device(a.device))
 
 
-def _load_images(pipe, paths: Sequence[str]) -> torch.Tensor:
-    from ldm_system.serving.image_io import open_image_file
+def _check_sides(a: argparse.Namespace) -> None:
+    for flag, side in (("--height", a.height), ("--width", a.width)):
+        if side is not None and side < 1:
+            raise ValueError(f"{flag} must be positive, got {side}")
 
-    out = []
-    for p in paths:
-        im = open_image_file(p, pipe.image_size, pipe.image_channels)
+
+def _load_images(pipe, paths: Sequence[str], a: argparse.Namespace) -> torch.Tensor:
+    from ldm_system.serving.pipeline import stack_images
+
+    loaded = pipe.open_images(paths, a.height, a.width)
+    for p, im in zip(paths, loaded):
         if im.resized:
-            w, h = im.original_size
-            print(f"note: {p} is {w}x{h}; resized (shorter side) and centre-cropped to "
-                  f"{pipe.image_size}x{pipe.image_size}", file=sys.stderr)
-        out.append(im.tensor)
-    return torch.cat(out).to(pipe.device)
+            (w, h), (tw, th) = im.original_size, im.size
+            print(f"note: {p} is {w}x{h}; resized (aspect kept) and centre-cropped to {tw}x{th}", file=sys.stderr)
+    return stack_images(loaded, paths).to(pipe.device)
 
 
 def expand_classes(pipe, spec: Sequence[str] | None, n: int, flag: str = "--class") -> list | None:
@@ -137,8 +143,9 @@ def cmd_invert(a: argparse.Namespace) -> int:
 
     req = InvertRequest(a.classes, a.prompts, a.steps, a.fixed_point, a.guidance, a.null_opt).check(names=CLI)
     _check_inputs(a.images)
+    _check_sides(a)
     pipe = _load_pipeline(a)
-    images = _load_images(pipe, a.images)
+    images = _load_images(pipe, a.images, a)
     req = _per_image(pipe, req, len(a.images))
     with step_progress(invert_steps(a.steps, a.null_opt), f"invert {a.steps}", enabled=not a.no_progress) as callback:
         r = pipe.invert(images, **req.arguments(), callback=callback)
@@ -179,8 +186,9 @@ def cmd_edit(a: argparse.Namespace) -> int:
                          target_prompt=a.target_prompt, keep_steps=a.keep_steps, strength=a.strength,
                          steps=a.steps, guidance=a.guidance, seed=a.seed, names=CLI)
     _check_inputs(a.images)
+    _check_sides(a)
     pipe = _load_pipeline(a)
-    images = _load_images(pipe, a.images)
+    images = _load_images(pipe, a.images, a)
     sdedit_mode = isinstance(req, SDEditRequest)
     total, desc = (int(a.steps * a.strength), f"sdedit {a.strength}") if sdedit_mode else (2 * a.steps, f"edit {a.steps}")
     with step_progress(total, desc, enabled=not a.no_progress) as callback:
@@ -201,8 +209,9 @@ def cmd_interpolate(a: argparse.Namespace) -> int:
     req = InterpolateRequest(a.num, a.steps, a.classes, a.prompts).check(names=CLI)
     out = _check_image_out(a.out)
     _check_inputs([a.image_a, a.image_b])
+    _check_sides(a)
     pipe = _load_pipeline(a)
-    images = _load_images(pipe, [a.image_a, a.image_b])
+    images = _load_images(pipe, [a.image_a, a.image_b], a)
     req = _per_image(pipe, req, 2)
     with step_progress(2 * a.steps, f"interpolate {a.num}", enabled=not a.no_progress) as callback:
         frames = pipe.interpolate(images[:1], images[1:], **req.arguments(), callback=callback)
@@ -276,10 +285,14 @@ def _sample_command(sub) -> None:
     p.add_argument("--nrow", type=int, default=None, help="images per grid row")
     p.add_argument("--out", default="samples.png", help="grid image")
     p.add_argument("--individual", default=None, metavar="DIR", help="also write one PNG per image here")
-    p.add_argument("--height", type=int, default=None, help="image height in pixels, a multiple of the model's "
-                   "pixel step (default: the training size)")
-    p.add_argument("--width", type=int, default=None, help="image width in pixels (as --height)")
+    _size_flags(p, "default: the training size")
     p.set_defaults(fn=cmd_sample)
+
+
+def _size_flags(p: argparse.ArgumentParser, default: str) -> None:
+    p.add_argument("--height", type=int, default=None, help="image height in pixels, a multiple of the model's "
+                   f"pixel step ({default})")
+    p.add_argument("--width", type=int, default=None, help="image width in pixels (as --height)")
 
 
 def _invert_command(sub) -> None:
@@ -296,6 +309,7 @@ def _invert_command(sub) -> None:
                    help="null-condition (class models) / null-text (text models) inversion: fit the guided "
                         "reconstruction; also writes the fitted null_embeddings next to x_T")
     p.add_argument("--noise-format", default="safetensors", choices=["safetensors", "pt"])
+    _size_flags(p, KEPT)
     p.add_argument("--out", default="inversion", help="output folder")
     p.set_defaults(fn=cmd_invert)
 
@@ -315,6 +329,7 @@ def _edit_command(sub) -> None:
                       help="first steps that follow the source class (layout); default steps // 5")
     mode.add_argument("--strength", type=float, default=None, help="SDEdit mode: noise level in (0, 1]")
     p.add_argument("--guidance", type=float, default=1.0)
+    _size_flags(p, KEPT)
     p.add_argument("--out", default="edit", help="output folder")
     p.set_defaults(fn=cmd_edit)
 
@@ -328,6 +343,7 @@ def _interpolate_command(sub) -> None:
     p.add_argument("--class", dest="classes", nargs="+", metavar="C", help="one class for both, or one each")
     p.add_argument("--prompt", dest="prompts", nargs="+", metavar="TEXT",
                    help="text models: one prompt for both, or one each (default: empty prompt)")
+    _size_flags(p, KEPT)
     p.add_argument("--out", default="interpolation.png")
     p.set_defaults(fn=cmd_interpolate)
 

@@ -4,6 +4,8 @@
     images = pipe.sample(8, classes=["Sneaker"] * 8, steps=50, guidance=3.0, seed=0)   # (8, C, H, W) in [-1, 1]
     images = text_pipe.sample(2, prompts=["Sneaker", "Bag"], guidance=3.0)             # text models
     inv = pipe.invert(images, classes=..., steps=50)                                   # x_T + reconstruction + PSNR
+    wide = pipe.load_images(["banner.png"])          # aspect kept: (1, C, H, W) of about the base pixel count
+    wide = pipe.load_images(["banner.png"], height=64, width=256)                      # or any multiple of pixel_step
     inv = text_pipe.invert(images, prompts=["Sneaker", "Bag"], guidance=3.0, null_optimization=True)  # null-text
     again = pipe.reconstruct(inv.x_T, prompts=[...], steps=50, guidance=3.0, null_embeddings=inv.null_embeddings)
     edited = pipe.edit(image, source_class="Sneaker", target_class="Sandal", keep_steps=20)
@@ -31,6 +33,7 @@ from ldm_system.diffusion.null_inversion import null_condition_inversion
 from ldm_system.diffusion.samplers import SamplerConfig, make_sampler
 from ldm_system.models.conditioning import ClassSpec, Conditioning, per_image
 from ldm_system.artifacts.exported import load_exported_ldm
+from ldm_system.images import LoadedImage, open_image_file
 from ldm_system.models.latent import LatentCodec
 from ldm_system.models.text import TextEncoder, check_cross_attention_dim
 from ldm_system.models.unet import Denoiser
@@ -98,16 +101,25 @@ class LDMPipeline:
         return (n, u.in_channels, h, w)
 
     def check_images(self, images: torch.Tensor) -> torch.Tensor:
-        want = (self.image_channels, self.image_size, self.image_size)
-        if images.ndim != 4 or tuple(images.shape[1:]) != want:
-            raise ValueError(f"images must be (B, {want[0]}, {want[1]}, {want[2]}), got {tuple(images.shape)}; "
-                             "load files with ldm_system.images.load_image (resize + centre crop)")
+        """(B, C, H, W) of any height and width that are multiples of `pixel_step` (the shape is kept)."""
+        c, step = self.image_channels, self.pixel_step
+        if images.ndim != 4 or images.shape[1] != c or images.shape[2] % step or images.shape[3] % step:
+            raise ValueError(f"images must be (B, {c}, H, W) with H and W multiples of {step}, got "
+                             f"{tuple(images.shape)}; load files with LDMPipeline.load_images (resized, aspect kept)")
         return images.to(self.device).float()
 
-    def load_images(self, paths: Sequence[str | Path]) -> torch.Tensor:
-        from ldm_system.images import load_image
+    def open_images(self, paths: Sequence[str | Path], height: int | None = None,
+                    width: int | None = None) -> list[LoadedImage]:
+        """Image files → `LoadedImage`s that keep each image's aspect (images.kept_shape) at about the
+        base size, or at height x width where given (multiples of `pixel_step`)."""
+        self.latent_shape(1, height, width)  # checks the sides
+        return [open_image_file(p, self.image_size, self.image_channels, self.pixel_step, height, width)
+                for p in paths]
 
-        return torch.cat([load_image(p, self.image_size, self.image_channels) for p in paths]).to(self.device)
+    def load_images(self, paths: Sequence[str | Path], height: int | None = None,
+                    width: int | None = None) -> torch.Tensor:
+        """Image files → one batch (B, C, H, W) in [-1, 1] (see `open_images`); they must come out in one shape."""
+        return stack_images(self.open_images(paths, height, width), paths).to(self.device)
 
     # ---- sampling --------------------------------------------------------------------------
     @torch.no_grad()
@@ -176,9 +188,9 @@ class LDMPipeline:
         (steps, B, ...): the per-step unconditional inputs of null-condition inversion. Without them a
         guided replay is the plain guided reconstruction.
         """
-        want = tuple(self.latent_shape(1)[1:])
-        if x_T.ndim != 4 or tuple(x_T.shape[1:]) != want:
-            raise ValueError(f"x_T must be (B, {', '.join(map(str, want))}), got {tuple(x_T.shape)}")
+        c, down = self.net.cfg.in_channels, self.pixel_step // self.f
+        if x_T.ndim != 4 or x_T.shape[1] != c or x_T.shape[2] % down or x_T.shape[3] % down:
+            raise ValueError(f"x_T must be (B, {c}, h, w) with h and w multiples of {down}, got {tuple(x_T.shape)}")
         x_T = x_T.to(self.device).float()
         n = x_T.shape[0]
         cond = self.conditioning.condition(classes, prompts, n)
@@ -252,6 +264,8 @@ class LDMPipeline:
         classes: one per image (class models); prompts: one for both or one per image (text models).
         The condition is blended linearly along the path (class embeddings or prompt states)."""
         r = InterpolateRequest(num, steps, classes, prompts).check()
+        if image_a.shape != image_b.shape:
+            raise ValueError(f"the two images must have one shape, got {tuple(image_a.shape)} and {tuple(image_b.shape)}")
         images = self.check_images(torch.cat([image_a, image_b]))
         cond = self.conditioning.condition(r.classes, per_image(r.prompts, 2, "prompts", "prompt"), 2)
         z0 = self.codec.encode(images)
@@ -267,4 +281,14 @@ class LDMPipeline:
         return self.codec.decode(z).clamp(-1, 1)
 
 
-__all__ = ["InversionResult", "LDMPipeline"]
+def stack_images(loaded: Sequence[LoadedImage], paths: Sequence[str | Path]) -> torch.Tensor:
+    """`LoadedImage`s of one shape → (B, C, H, W); several shapes are a one-line error naming them."""
+    shapes = {im.size for im in loaded}
+    if len(shapes) > 1:
+        named = ", ".join(f"{Path(p).name} {w}x{h}" for p, (w, h) in zip(paths, (im.size for im in loaded)))
+        raise ValueError(f"the images keep their shapes and these differ ({named}); give one height and width "
+                         "for all of them, or load them one by one")
+    return torch.cat([im.tensor for im in loaded])
+
+
+__all__ = ["InversionResult", "LDMPipeline", "stack_images"]

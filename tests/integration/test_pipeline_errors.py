@@ -31,21 +31,31 @@ def test_too_many_steps(serving_pipe):
 
 
 def test_wrong_tensor_size_names_the_expected_shape_and_the_loader(serving_pipe):
-    with pytest.raises(ValueError, match=r"images must be \(B, 1, 32, 32\), got \(1, 1, 28, 28\).*resize"):
+    step = serving_pipe.pixel_step
+    with pytest.raises(ValueError, match=rf"images must be \(B, 1, H, W\) with H and W multiples of {step}, got "
+                                         r"\(1, 1, 28, 28\).*load_images"):
         serving_pipe.invert(torch.zeros(1, 1, 28, 28))
-    with pytest.raises(ValueError, match=r"images must be \(B, 1, 32, 32\)"):
+    with pytest.raises(ValueError, match=r"images must be \(B, 1, H, W\)"):
         serving_pipe.edit(torch.zeros(1, 3, 32, 32), source_class=0, target_class=1)
 
 
-def test_files_follow_the_resize_policy(serving_pipe, held_out_files, tmp_path):
-    """Files of another size are resized (shorter side) and centre-cropped, not rejected."""
+def test_files_keep_their_aspect(serving_pipe, held_out_files, tmp_path):
+    """Files of another size are resized to the shape of about the model's pixel count nearest their
+    aspect (or the height and width asked for) and lose only a thin remainder; not rejected."""
     from PIL import Image
 
     wide = tmp_path / "wide.png"
     Image.new("L", (64, 40), 200).save(wide)
-    x = serving_pipe.load_images([held_out_files[0][0], wide])
-    assert x.shape == (2, 1, 32, 32)
-    assert torch.allclose(x[1], torch.full_like(x[1], 200 / 127.5 - 1), atol=1e-3)
+    x = serving_pipe.load_images([wide])
+    assert x.shape == (1, 1, 24, 40)  # 5:3 at about 32x32 pixels, sides multiples of the pixel step 8
+    assert torch.allclose(x, torch.full_like(x, 200 / 127.5 - 1), atol=1e-3)
+    assert serving_pipe.load_images([held_out_files[0][0], wide], height=32, width=32).shape == (2, 1, 32, 32)
+    assert serving_pipe.load_images([wide], height=16).shape == (1, 1, 16, 24)  # one side given: aspect kept
+    with pytest.raises(ValueError, match=r"keep their shapes and these differ \(fmnist_9000.png 32x32, wide.png "
+                                         r"40x24\); give one height and width"):
+        serving_pipe.load_images([held_out_files[0][0], wide])
+    with pytest.raises(ValueError, match="height 20 is not a multiple of 8"):
+        serving_pipe.load_images([wide], height=20, width=32)
 
 
 def test_missing_and_unreadable_files(serving_pipe, tmp_path):

@@ -56,7 +56,7 @@ def test_invert_writes_noise_reconstructions_and_metrics(serving_model_dir, held
     code, out, err = run(capsys, "invert", "--model", serving_model_dir, paths[0], paths[1], "--class", labels[0],
                          labels[1], "--steps", 8, "--fixed-point", 1, "--out", out_dir, "--no-progress")
     assert code == 0, err
-    assert "resized (shorter side) and centre-cropped to 32x32" in err  # 28x28 files: the policy, announced
+    assert "resized (aspect kept) and centre-cropped to 32x32" in err  # 28x28 files: the policy, announced
     report = json.loads((out_dir / "metrics.json").read_text())
     assert len(report["images"]) == 2
     for row in report["images"]:
