@@ -3,6 +3,7 @@ the real streaming loader, measured side by side in one run.
 
     python benchmarks/buckets_vs_square.py            # batch 8, 7 repeats of 8 steps, ~1 min
     python benchmarks/buckets_vs_square.py --quick    # batch 4, 3 repeats
+    python benchmarks/buckets_vs_square.py --json benchmarks/results/buckets_vs_square.json
 
 Both contenders read latent shards (f = 4, c = 3) through `make_loader` (shard shuffle, shuffle buffer,
 one bucket per batch on the bucketed side) and run the real `DiffusionTask` step (noise, timestep,
@@ -23,7 +24,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from _common import Contender, TaskStepper, diffusion_task, interleave, ratio_rows, set_threads, unet_config
+import _results
+from _common import Contender, TaskStepper, diffusion_task, interleave, median_ratios, ratio_rows, set_threads, unet_config
 from ldm_system.data.buckets import bucket_list, nearest_bucket
 from ldm_system.data.stream import StreamConfig, make_loader
 from ldm_system.data.writer import ShardWriter
@@ -61,7 +63,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--widths", default="64,128,256")
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--quick", action="store_true", help="batch 4, 3 repeats")
+    _results.add_options(ap, quick="batch 4, 3 repeats")
     args = ap.parse_args()
     if args.quick:
         args.batch_size, args.repeats = 4, 3
@@ -99,9 +101,16 @@ def main() -> None:
     rates = interleave([Contender(n, segment(n)) for n in ("square", "buckets")], args.repeats)
     print(f"\nlatent pixels per image: square {sq_px:.0f}, buckets {bk_px:.0f} (mean); "
           f"{len(set(bucket_shapes))} buckets in the data, {len(seen_shapes['buckets'])} trained in the timed steps")
-    print(f"{'contender':<10} {'clock':<5} {'img/s':>7}  {'min-max':<12} vs square")
-    for name, kind, med, spread, ratio in ratio_rows(rates, "square"):
-        print(f"{name:<10} {kind:<5} {med:7.2f}  {spread:<12} {ratio}")
+    res = _results.start("buckets_vs_square", args)
+    print(res.table("rates", ["contender", "clock", "images/s (median)", "segments min–max",
+                              "vs square (median per repeat)"], ratio_rows(rates, "square")))
+    ratios = median_ratios(rates, "square")
+    res.ratios.update({k: v for k, v in ratios.items() if k.startswith("buckets")})
+    for kind in ("wall", "cpu"):  # per latent pixel: the bucketed images are a little smaller
+        res.ratio(f"buckets per latent pixel, {kind}", ratios[f"buckets, {kind}"] * bk_px / sq_px)
+    res.settings.update({"latent_pixels_square": sq_px, "latent_pixels_buckets": round(bk_px, 1),
+                         "buckets_in_data": len(set(bucket_shapes))})
+    res.save(args.json)
 
 
 if __name__ == "__main__":

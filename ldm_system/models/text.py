@@ -181,10 +181,13 @@ _DEBUG_CHARS = "abcdefghijklmnopqrstuvwxyz0123456789-'/.,&"
 
 
 def save_random_text_encoder(out: str | Path, hidden_size: int = 32, layers: int = 2, heads: int = 2,
-                             max_length: int = 16, seed: int = 0) -> Path:
+                             max_length: int = 16, seed: int = 0, intermediate_size: int | None = None,
+                             vocab_size: int | None = None) -> Path:
     """A randomly initialised CLIP text model with a character-level CLIP tokenizer, saved in the
     `text_encoder/` + `tokenizer/` layout. Random weights still map different captions to different
-    states, which is all a debug run on class-name captions needs."""
+    states, which is all a debug run on class-name captions needs. intermediate_size (default 2 x
+    hidden) and vocab_size (default: the tokenizer's) let it take a real model's size: CLIP ViT-L/14's
+    text tower is hidden 768, 12 layers, 12 heads, intermediate 3072, vocabulary 49408, 77 positions."""
     from ldm_system.deps import check_no_foreign_kernels
 
     check_no_foreign_kernels()
@@ -196,7 +199,8 @@ def save_random_text_encoder(out: str | Path, hidden_size: int = 32, layers: int
     bos, eos = len(vocab), len(vocab) + 1
     vocab.update({"<|startoftext|>": bos, "<|endoftext|>": eos})
     tokenizer = CLIPTokenizer(vocab=vocab, merges=[])
-    cfg = CLIPTextConfig(vocab_size=len(vocab), hidden_size=hidden_size, intermediate_size=2 * hidden_size,
+    cfg = CLIPTextConfig(vocab_size=vocab_size or len(vocab), hidden_size=hidden_size,
+                         intermediate_size=intermediate_size or 2 * hidden_size,
                          num_hidden_layers=layers, num_attention_heads=heads, max_position_embeddings=max_length,
                          bos_token_id=bos, eos_token_id=eos, pad_token_id=eos)
     with torch.random.fork_rng(devices=[]):  # own seed: building it never shifts the caller's RNG
