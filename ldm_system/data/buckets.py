@@ -144,3 +144,15 @@ def check_bucket_step(step: int, pixels_per_latent_step: int) -> None:
             f"bucket step {step} is not a multiple of {pixels_per_latent_step} (the autoencoder's f times the "
             f"UNet's downsampling); repack with --bucket-step {good} (or any multiple of {pixels_per_latent_step})"
         )
+
+
+def check_latent_buckets(meta: dict, downsampling: int) -> None:
+    """Training's check on bucketed latent shards (`ldm data encode` of a `--buckets` pack): the pixel
+    bucket step must be a multiple of the autoencoder's f times the UNet's `downsampling`, or some
+    bucket's latents do not divide into the UNet's levels. Names a step that works."""
+    step, pixel, latent = meta.get("bucket_step"), meta.get("pixel_buckets"), meta.get("buckets")
+    if step is None or not pixel or not latent:
+        return
+    # Every latent bucket is its pixel bucket / f and the counts agree, so the count-weighted widths give f.
+    f = sum(b["width"] * b["count"] for b in pixel) // sum(b["width"] * b["count"] for b in latent)
+    check_bucket_step(int(step), f * downsampling)

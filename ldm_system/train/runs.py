@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from autoencoders.config import AutoencoderConfig, DiscriminatorConfig, LossConfig, Stage1Config, Stage1OptimConfig
+from ldm_system.data.buckets import check_latent_buckets
 from ldm_system.data.manifest import read_manifest
 from ldm_system.data.stream import StreamConfig, make_loader
 from ldm_system.diffusion.config import DiffusionConfig
@@ -176,6 +177,8 @@ def run_ldm(cfg: LDMRunConfig, resume: str | None = None, init_from: str | None 
         cfg = apply_init(cfg, source)
     codec, kind, shape, info = data_codec(cfg)
     check_unet_fits(cfg.unet, shape)
+    down = 2 ** (len(cfg.unet.block_out_channels) - 1)
+    check_latent_buckets(read_manifest(_manifest_folder(cfg.data.shards)).meta, down)  # names a step that works
     init = load_init_unet(source, cfg.unet) if source is not None else None
     task = DiffusionTask(cfg.unet, cfg.diffusion, cfg.optim, codec, kind, cfg.preview, init_unet=init, info=info,
                          text=build_text_encoder(cfg), lora=cfg.lora, cached_null=cached_null_text(cfg))
