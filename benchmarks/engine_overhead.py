@@ -38,7 +38,8 @@ import torch.nn.functional as F
 import _results
 from _common import diffusion_task, image_batch, median, num_params, set_threads, spread
 from ldm_system.models.unet import PRESETS, Denoiser
-from ldm_system.train.engine import EngineConfig, Trainer
+from ldm_system.train.engine import Trainer
+from ldm_system.train.engine_config import EngineConfig, LogConfig
 
 
 class Clock:
@@ -148,7 +149,7 @@ def main() -> None:
     stream = InterleavedStream(x0, bares, args.warmup, args.segment, args.repeats, profiler)
     with tempfile.TemporaryDirectory() as out:
         cfg = EngineConfig(out_dir=out, steps=stream.total_steps,
-                           log_every=args.segment, progress=False)
+                           log=LogConfig(every=args.segment, progress=False))
         trainer = Trainer(task, stream, cfg, micro_batch=args.batch_size)
         print(f"UNet preset {args.preset!r} on {args.side}x{args.side}x{args.channels}, "
               f"{num_params(bares[BARE].net) / 1e6:.2f}M params, batch {args.batch_size}, {args.threads} thread(s), "

@@ -32,10 +32,11 @@ from _common import accelerate_launch, median, parse_bools, parse_ints, spread, 
 
 def worker(args) -> None:
     from _common import diffusion_task
-    from ldm_system.train.engine import EngineConfig, Trainer
+    from ldm_system.train.engine import Trainer
+    from ldm_system.train.engine_config import EngineConfig, LogConfig
 
     unet = unet_config(args.side, 3, parse_ints(args.widths), parse_bools(args.attention), args.layers)
-    cfg = EngineConfig(out_dir=args.out_dir, steps=10**6, progress=False)
+    cfg = EngineConfig(out_dir=args.out_dir, steps=10**6, log=LogConfig(progress=False))
     trainer = Trainer(diffusion_task(unet), [], cfg, micro_batch=args.batch_size)
     acc = trainer.accelerator
     z = torch.randn(args.batch_size, 3, args.side, args.side, generator=torch.Generator().manual_seed(acc.process_index))

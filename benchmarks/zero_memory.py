@@ -171,7 +171,8 @@ def tuned_zero3_config() -> dict:
 
 def worker(args) -> None:
     from ldm_system.train.diffusion_task import DiffusionTask
-    from ldm_system.train.engine import EngineConfig, Trainer
+    from ldm_system.train.engine import Trainer
+    from ldm_system.train.engine_config import EngineConfig, LogConfig
     from _common import diffusion_task
 
     class Task(DiffusionTask):
@@ -185,7 +186,7 @@ def worker(args) -> None:
     base = diffusion_task(unet)
     task = Task(base.unet_cfg, base.diff_cfg, base.optim_cfg, base.codec, "latent")
     # Mixed precision comes from the launcher (`--mixed_precision`); main() checks what the run used.
-    cfg = EngineConfig(out_dir=args.out_dir, steps=10, progress=False, log_every=1000)
+    cfg = EngineConfig(out_dir=args.out_dir, steps=10, log=LogConfig(every=1000, progress=False))
     trainer = Trainer(task, [], cfg, micro_batch=2)
     result: dict = {}
     armed = {"forward": False, "step": False}

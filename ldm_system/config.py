@@ -113,6 +113,10 @@ def from_dict(cls: type[T], data: Any, source: str = "<dict>", where: str = "", 
     hints = get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(data) - set(fields))
+    moved = getattr(cls, "MOVED", {})  # a class may name where keys of an earlier layout went
+    if gone := [k for k in unknown if k in moved]:
+        old, new = (f"{where}.{x}" if where else x for x in (gone[0], moved[gone[0]]))
+        raise ConfigError(f"{source}: key {old!r} has moved to {new!r}", old)
     if unknown:
         key = f"{where}.{unknown[0]}" if where else unknown[0]
         raise ConfigError(

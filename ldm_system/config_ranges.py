@@ -51,8 +51,9 @@ from ldm_system.diffusion.config import DiffusionConfig
 from ldm_system.models.text import TextEncoderConfig
 from ldm_system.models.unet import UNetConfig
 from ldm_system.train.diffusion_task import OptimConfig, PreviewConfig
-from ldm_system.train.engine import EngineConfig
-from ldm_system.train.runs import AERunConfig
+from ldm_system.train.engine_config import (CheckpointConfig, EMAConfig, EngineConfig, FaultConfig, LogConfig,
+                                             LRConfig)
+from ldm_system.train.runs import AERunConfig, LDMRunConfig
 
 
 @dataclass(frozen=True)
@@ -115,17 +116,22 @@ RANGES: dict[type, dict[str, Range]] = {
         "steps": AT_LEAST_1,
         "grad_accum": AT_LEAST_1,
         "max_grad_norm": NON_NEGATIVE,  # 0 disables clipping
-        "warmup_steps": NON_NEGATIVE,
-        "min_lr_ratio": PROBABILITY,
-        "ema_decay": DECAY,
-        "log_every": AT_LEAST_1,
-        "preview_every": NON_NEGATIVE,  # 0 = only at the end
-        "ckpt_every": NON_NEGATIVE,  # 0 = only at the end
-        "keep_last": NON_NEGATIVE,  # 0 = keep all
-        "max_nan_steps": AT_LEAST_1,  # 0 would stop on the first step
         "max_minutes": NON_NEGATIVE,  # 0 = no budget
-        "dist_timeout_s": POSITIVE,  # a collective that never times out hangs on a dead machine
         "seed": NON_NEGATIVE,
+    },
+    LRConfig: {"warmup_steps": NON_NEGATIVE, "min_ratio": PROBABILITY},
+    EMAConfig: {"decay": DECAY},
+    CheckpointConfig: {
+        "every": NON_NEGATIVE,  # 0 = only at the end
+        "keep_last": NON_NEGATIVE,  # 0 = keep all
+    },
+    LogConfig: {
+        "every": AT_LEAST_1,
+        "preview_every": NON_NEGATIVE,  # 0 = only at the end
+    },
+    FaultConfig: {
+        "max_nan_steps": AT_LEAST_1,  # 0 would stop on the first step
+        "dist_timeout_s": POSITIVE,  # a collective that never times out hangs on a dead machine
     },
     # ---- stage 1 --------------------------------------------------------------------------
     AERunConfig: {"scale_batches": AT_LEAST_1},
@@ -289,6 +295,21 @@ def _ar_heads(v: dict[str, Any], key: Key) -> str | None:
     return None
 
 
+def _preview_fits_unet(v: dict[str, Any], key: Key) -> str | None:
+    """preview.classes for class models only (ids below unet.num_classes), preview.prompts for text models."""
+    preview, unet = v["preview"], v["unet"]
+    if unet == UNetConfig():  # no unet: section: `--init-from` brings the model, checked when the run starts
+        return None
+    if preview.classes and unet.conditioning != "class":
+        return f"{key('preview.classes')} is set but {key('unet.conditioning')} = {unet.conditioning!r}, not 'class'"
+    if preview.prompts and unet.conditioning != "text":
+        return f"{key('preview.prompts')} is set but {key('unet.conditioning')} = {unet.conditioning!r}, not 'text'"
+    ids = [c for c in preview.classes if isinstance(c, int) or c.lstrip("-").isdigit()]
+    if bad := [c for c in ids if not 0 <= int(c) < unet.num_classes]:
+        return f"{key('preview.classes')} has class id {bad[0]}; ids are 0..{unet.num_classes - 1} ({key('unet.num_classes')})"
+    return None
+
+
 def _data_fits_model(v: dict[str, Any], key: Key) -> str | None:
     """Baselines: a size or channel count forced on the data must be the model's."""
     data, model = v["data"], v["model"]
@@ -309,6 +330,7 @@ RELATIONS: dict[type, tuple[Relation, ...]] = {
     GANRunConfig: (Relation(("data", "model"), _data_fits_model),),
     FlowRunConfig: (Relation(("data", "model"), _data_fits_model),),
     ARRunConfig: (Relation(("data", "model"), _data_fits_model),),
+    LDMRunConfig: (Relation(("preview", "unet"), _preview_fits_unet),),
 }
 
 

@@ -58,8 +58,8 @@ def run_demo(out: Path, quick: bool = False) -> int:
     ae_over = [f"data.shards={train}", f"train.out_dir={out / 'stage1'}"]
     ldm_over = [f"data.shards={out / 'latents'}", f"train.out_dir={out / 'stage2'}"]
     if quick:
-        ae_over += ["train.steps=10", "loss.disc_start=5", "train.preview_every=0", "train.ckpt_every=0", "scale_batches=2"]
-        ldm_over += ["train.steps=20", "train.preview_every=0", "train.ckpt_every=0", "preview.steps=5"]
+        ae_over += ["train.steps=10", "loss.disc_start=5", "train.log.preview_every=0", "train.checkpoint.every=0", "scale_batches=2"]
+        ldm_over += ["train.steps=20", "train.log.preview_every=0", "train.checkpoint.every=0", "preview.steps=5"]
     ae_cfg = load_config(AERunConfig, CONFIGS / "autoencoder" / "fmnist-kl-f4.yaml", ae_over, checks=CHECKS)
     _say(f"stage 1: training the KL-f4 autoencoder ({ae_cfg.train.steps} steps, ≤ {ae_cfg.train.max_minutes} min)")
     ae_dir = run_autoencoder(ae_cfg)

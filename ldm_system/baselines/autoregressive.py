@@ -24,7 +24,7 @@ from torch import nn
 from ldm_system.baselines.ar_model import VOCAB, ARModelConfig, ImageTransformer, images_to_tokens, param_groups
 from ldm_system.baselines.common import check_image_data, load_module, train_baseline
 from ldm_system.data.stream import StreamConfig
-from ldm_system.train.engine import EngineConfig
+from ldm_system.train.engine_config import EngineConfig
 
 FAMILY = "ar"
 MODULE = "ar"  # the task's one module name (optimizer, EMA and weight files use it)

@@ -86,7 +86,7 @@ def write_trained_model(trainer: Trainer, module_name: str, family: str, model_c
     out = Path(trainer.cfg.out_dir) / "model"
     if trainer.accelerator.is_main_process:
         module = trainer.raw[module_name]
-        if trainer.ema is not None and trainer.cfg.ema_module == module_name:
+        if trainer.ema is not None and trainer.cfg.ema.module == module_name:
             with trainer.ema.swap():
                 save_model_folder(out, family, model_cfg, module, ema=True, step=trainer.step, **extra)
         else:

@@ -46,7 +46,7 @@ from torch import nn
 from ldm_system.baselines.common import check_image_data, load_module, train_baseline
 from ldm_system.baselines.flow_layers import FlowStep, Split2d, TopPrior, squeeze2d, unsqueeze2d
 from ldm_system.data.stream import StreamConfig, make_loader
-from ldm_system.train.engine import EngineConfig
+from ldm_system.train.engine_config import EngineConfig
 
 FAMILY = "flow"
 MODULE = "flow"  # the task's one module name (optimizer, EMA and weight files use it)

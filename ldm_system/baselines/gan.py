@@ -21,7 +21,7 @@ Losses (`loss.kind`: hinge or non_saturating) and R1 are stage 1's, from `autoen
 step % k == 0, multiplied by k so its average strength is unchanged.
 
 Sampling uses G in eval mode, so BatchNorm uses running statistics; these are recomputed for the
-weights actually used (EMA ones when `train.ema_module: gen`) before previews and before writing
+weights actually used (EMA ones when `train.ema.module: gen`) before previews and before writing
 the model ("standing statistics", see gan_models.recalibrate_batchnorm).
 """
 from __future__ import annotations
@@ -46,7 +46,8 @@ from ldm_system.baselines.gan_models import (
 )
 from ldm_system.config import to_dict
 from ldm_system.data.stream import StreamConfig
-from ldm_system.train.engine import EngineConfig, Trainer
+from ldm_system.train.engine import Trainer
+from ldm_system.train.engine_config import EngineConfig
 
 FAMILY = "gan"
 MODULE = "gen"  # the module written to the model folder
@@ -180,14 +181,14 @@ class GANTask:
 # ---- run and load --------------------------------------------------------------------------------
 def run_gan(cfg: GANRunConfig, resume: str | None = None) -> Path:
     """Train (or continue with resume="latest"), then write OUT/model/ (EMA generator when
-    `train.ema_module: gen`), with G's BatchNorm statistics recomputed for the weights written."""
+    `train.ema.module: gen`), with G's BatchNorm statistics recomputed for the weights written."""
     m = cfg.model
     info = check_image_data(cfg.data, FAMILY, m.channels, m.image_size, m.num_classes)
     info = info if m.num_classes else {**info, "classes": []}
     task = GANTask(cfg.model, cfg.loss, cfg.optim, cfg.preview, info=info)
 
     def standing_statistics(trainer: Trainer) -> None:
-        use_ema = trainer.ema is not None and cfg.train.ema_module == MODULE
+        use_ema = trainer.ema is not None and cfg.train.ema.module == MODULE
         with trainer.ema.swap() if use_ema else nullcontext():  # buffers are not swapped: they keep the new stats
             recalibrate_batchnorm(trainer.raw[MODULE], cfg.model, batches=cfg.bn_batches, seed=20_000)
 

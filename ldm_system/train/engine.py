@@ -21,9 +21,8 @@ import dataclasses
 import math
 import shutil
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Literal, Optional
+from typing import Any, Callable, Iterable
 
 import torch
 from accelerate.utils import set_seed
@@ -38,40 +37,8 @@ from ldm_system.train.preemption import Preempted, PreemptionFlag, write_status
 from ldm_system.train.prepare import Prepared, make_accelerator, prepare, warmup_cosine, zero_stage
 from ldm_system.train.resume import (ResumePlan, advance_schedulers, check_shapes, ema_weights, load_weights,
                                      plan as resume_plan)
+from ldm_system.train.engine_config import EngineConfig
 from ldm_system.train.task import Task, call_hook
-
-
-@dataclass(frozen=True)
-class EngineConfig:
-    out_dir: str = "runs/debug"
-    steps: int = 100
-    # Micro-batch size is the data loader's `data.batch_size` (one key); the engine gets it from the run.
-    # null = what `accelerate launch` says (--mixed_precision / --gradient_accumulation_steps or its
-    # config file); a value here that contradicts the launcher is an error (launch_settings.py).
-    grad_accum: Optional[int] = None
-    mixed_precision: Optional[Literal["no", "bf16", "fp16"]] = None
-    max_grad_norm: float = 1.0  # 0 disables clipping
-    warmup_steps: int = 0
-    lr_schedule: Literal["cosine", "constant"] = "constant"
-    min_lr_ratio: float = 0.1
-    ema_module: str = ""  # name of the task module to average ("" = no EMA)
-    ema_decay: float = 0.9999
-    ema_warmup: bool = True
-    gradient_checkpointing: bool = False
-    compile: bool = False
-    log_every: int = 10
-    preview_every: int = 0  # 0 = only at the end
-    ckpt_every: int = 0  # 0 = only at the end
-    keep_last: int = 3
-    max_nan_steps: int = 5  # consecutive non-finite steps before stopping
-    max_minutes: float = 0.0  # wall-clock budget (0 = none): stop early, checkpoint, exit cleanly
-    # Signals that mean "checkpoint at the next step and exit 75" (SLURM: SIGTERM, or --signal=USR1@90).
-    preempt_signals: tuple[str, ...] = ("SIGTERM", "SIGUSR1")
-    # A collective that waits longer than this raises on every live rank instead of hanging forever
-    # (e.g. when another machine died). Checkpoint gathers of large models must fit in it.
-    dist_timeout_s: float = 1800.0
-    seed: int = 0
-    progress: bool = True
 
 
 class NonFiniteLossError(RuntimeError):
@@ -99,7 +66,7 @@ class Trainer:
         cfg = launch_settings.resolve(cfg)  # mixed precision / accumulation: launcher unless the YAML says
         self.task, self.stream, self.cfg = task, stream, cfg
         self.out = Path(cfg.out_dir)
-        self.accelerator = make_accelerator(cfg.grad_accum, cfg.mixed_precision, micro_batch, cfg.dist_timeout_s)
+        self.accelerator = make_accelerator(cfg.grad_accum, cfg.mixed_precision, micro_batch, cfg.faults.dist_timeout_s)
         acc = self.accelerator
         self.run_config = _with_engine(run_config, cfg)
         self.log = RunLogger(self.out, acc.is_main_process, self.run_config)
@@ -122,15 +89,15 @@ class Trainer:
             if self.plan.weights_only:  # before prepare, so ZeRO's fp32 master copy starts from these weights
                 load_weights(self.plan.path, modules)
         opts = task.optimizers(modules)
-        factor = warmup_cosine(cfg.warmup_steps, cfg.steps, cfg.min_lr_ratio, cfg.lr_schedule)
+        factor = warmup_cosine(cfg.lr.warmup_steps, cfg.steps, cfg.lr.min_ratio, cfg.lr.schedule)
         scheds = {n: torch.optim.lr_scheduler.LambdaLR(o, factor) for n, o in opts.items()}
         self.p: Prepared = prepare(acc, modules, opts, scheds, cfg.gradient_checkpointing, cfg.compile)
         self.raw = modules
-        self.ema = EMA(self._unwrapped(cfg.ema_module), cfg.ema_decay, cfg.ema_warmup) if cfg.ema_module else None
+        self.ema = EMA(self._unwrapped(cfg.ema.module), cfg.ema.decay, cfg.ema.warmup) if cfg.ema.module else None
         self.step = 0
         self.nan_steps_total = 0
         self.nan_streak = 0
-        self.preempt = PreemptionFlag(cfg.preempt_signals)
+        self.preempt = PreemptionFlag(cfg.faults.preempt_signals)
         if self.plan is not None:
             self._restore(self.plan)
 
@@ -145,7 +112,7 @@ class Trainer:
 
     def _unwrapped(self, name: str) -> torch.nn.Module:
         if name not in self.raw:
-            raise ValueError(f"ema_module {name!r} is not one of the task's modules {sorted(self.raw)}")
+            raise ValueError(f"train.ema.module {name!r} is not one of the task's modules {sorted(self.raw)}")
         return self.raw[name]
 
     # ---- checkpoints -----------------------------------------------------------------------
@@ -184,7 +151,7 @@ class Trainer:
             meta["task_metadata"] = call_hook(self.task, "checkpoint_metadata")
             ckpt.write_json(tmp / "trainer.json", meta)
             ckpt.write_manifest(tmp)  # last: a folder without it is incomplete
-            path = ckpt.commit(root, self.step, self.cfg.keep_last)
+            path = ckpt.commit(root, self.step, self.cfg.checkpoint.keep_last)
         acc.wait_for_everyone()
         return path
 
@@ -196,7 +163,7 @@ class Trainer:
         for name, module in self.p.modules.items():
             raw = acc.get_state_dict(module)  # a collective under ZeRO-3: every rank calls it
             ema = None
-            if self.ema is not None and name == self.cfg.ema_module:
+            if self.ema is not None and name == self.cfg.ema.module:
                 with self.ema.swap():
                     # Copies taken inside the swap: without ZeRO-3, get_state_dict returns views of the
                     # live parameters, which hold the raw weights again once the swap is undone.
@@ -214,9 +181,9 @@ class Trainer:
         if plan.weights_only:
             advance_schedulers(self.p.schedulers, self.step)
             if self.ema is not None:
-                state = ema_weights(path, self.cfg.ema_module)
+                state = ema_weights(path, self.cfg.ema.module)
                 if state is not None:
-                    self.ema.load_full(self._unwrapped(self.cfg.ema_module), state, int(plan.meta.get("ema_updates", 0)))
+                    self.ema.load_full(self._unwrapped(self.cfg.ema.module), state, int(plan.meta.get("ema_updates", 0)))
             self.log.warn(f"resumed weights only from {path} at step {self.step} ({plan.why}): new optimizer "
                           "state, the data stream starts a new pass")
             return
@@ -255,7 +222,7 @@ class Trainer:
         for opt in self.p.optimizers.values():
             opt.zero_grad(set_to_none=True)
         self.log.warn(f"step {self.step}: non-finite {name!r} loss, step skipped ({self.nan_streak} in a row)")
-        if self.nan_streak >= self.cfg.max_nan_steps:
+        if self.nan_streak >= self.cfg.faults.max_nan_steps:
             path = self.save()
             raise NonFiniteLossError(
                 f"{self.nan_streak} consecutive non-finite losses at step {self.step}; state saved to {path}. "
@@ -302,13 +269,13 @@ class Trainer:
         ctx = self.ema.swap() if self.ema is not None else _null()
         with ctx, torch.no_grad():
             images = self.task.preview(self.p.modules, batch)  # every rank: ZeRO-3 gathers need all
-        self.log.grid(images, f"preview_{self.step:08d}.png")
+        self.log.grid(images, f"preview_{self.step:08d}.png", step=self.step)
         self.accelerator.wait_for_everyone()
 
     def fit(self) -> dict[str, float]:
         acc, cfg = self.accelerator, self.cfg
         stream = iter(self.stream)
-        bar = self.log.progress(cfg.steps, self.step, enabled=cfg.progress)
+        bar = self.log.progress(cfg.steps, self.step, enabled=cfg.log.progress)
         stats: dict[str, float] = {}
         t0, seen = time.perf_counter(), 0
         batch = None
@@ -325,14 +292,14 @@ class Trainer:
             self.step += 1
             seen += _batch_len(batch) * acc.num_processes
             bar.update(1)
-            if self.step % cfg.log_every == 0 or self.step == cfg.steps:
+            if self.step % cfg.log.every == 0 or self.step == cfg.steps:
                 stats = self._mean_over_ranks(stats)
                 stats["images_per_s"] = seen / max(1e-9, time.perf_counter() - t0)
                 self.log.scalars(stats, self.step, bar)
                 t0, seen = time.perf_counter(), 0
-            if cfg.preview_every and self.step % cfg.preview_every == 0:
+            if cfg.log.preview_every and self.step % cfg.log.preview_every == 0:
                 self.preview(batch)
-            if cfg.ckpt_every and self.step % cfg.ckpt_every == 0 and self.step < cfg.steps:
+            if cfg.checkpoint.every and self.step % cfg.checkpoint.every == 0 and self.step < cfg.steps:
                 self.save()
         bar.close()
         if batch is not None:

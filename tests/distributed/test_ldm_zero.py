@@ -31,8 +31,8 @@ def latents(tmp_path_factory):
 def test_zero_train_checkpoint_resume_export(stage, latents, tmp_path):
     out = tmp_path / "run"
     precision = ["--set=train.mixed_precision=bf16"] if stage == "zero2" else []
-    common = [*precision, f"--set=data.shards={latents}", f"--set=train.out_dir={out}", "--set=train.ckpt_every=2",
-              "--set=train.log_every=1", "--set=data.batch_size=4", "--set=preview.num_images=2",
+    common = [*precision, f"--set=data.shards={latents}", f"--set=train.out_dir={out}", "--set=train.checkpoint.every=2",
+              "--set=train.log.every=1", "--set=data.batch_size=4", "--set=preview.num_images=2",
               "--set=preview.steps=2"]
     accelerate(["tests/distributed/ldm_run.py", str(LDM_DEBUG), *common, "--set=train.steps=4"], mode=stage,
                mixed_precision="bf16" if precision else None)
@@ -76,8 +76,8 @@ def test_text_model_under_zero2_bf16(latents, tmp_path):
     out = tmp_path / "run"
     accelerate(["tests/distributed/ldm_run.py", str(ROOT / "configs" / "ldm" / "fmnist-text-debug.yaml"),
                 f"--set=data.shards={latents}", f"--set=train.out_dir={out}", f"--set=text.path={clip}",
-                "--set=train.mixed_precision=bf16", "--set=train.steps=3", "--set=train.ckpt_every=2",
-                "--set=train.log_every=1", "--set=data.batch_size=4", "--set=preview.num_images=2",
+                "--set=train.mixed_precision=bf16", "--set=train.steps=3", "--set=train.checkpoint.every=2",
+                "--set=train.log.every=1", "--set=data.batch_size=4", "--set=preview.num_images=2",
                 "--set=preview.steps=2", "--set=diffusion.cond_drop_prob=0.5"], mode="zero2", mixed_precision="bf16")
     run = torch.load(out / "gathered.pt", weights_only=True)
     assert run["step"] == 3 and run["ema_updates"] == 3

@@ -26,7 +26,7 @@ def test_one_process_checkpoint_resumes_under_zero3_on_two(latents, tmp_path):
     out = tmp_path / "run"
     args = ["train", "--config", str(LDM_DEBUG), "--set", f"data.shards={latents}", "--set", f"train.out_dir={out}",
             "--set", "data.batch_size=4", "--set", "preview.num_images=2", "--set", "preview.steps=2",
-            "--set", "train.ckpt_every=0"]
+            "--set", "train.checkpoint.every=0"]
     accelerate(["-m", "ldm_system.cli", *args, "--set", "train.steps=4"], mode="zero3", procs=1)
     before = out / "checkpoints" / "step_00000004" / "weights"
     saved = {n: load_file(str(before / n)) for n in ("unet.safetensors", "unet.ema.safetensors")}

@@ -29,7 +29,7 @@ def _disc(run, step):
 def test_discriminator_trains_only_after_disc_start(images, tmp_path):
     run = tmp_path / "run"
     cfg = load_config(AERunConfig, AE_DEBUG, [f"data.shards={images}", f"train.out_dir={run}", "train.steps=6",
-                                              "train.ckpt_every=1", "train.keep_last=0", "loss.disc_start=3",
+                                              "train.checkpoint.every=1", "train.checkpoint.keep_last=0", "loss.disc_start=3",
                                               "scale_batches=1"])
     run_autoencoder(cfg)
     d1, d2, d3, d4 = (_disc(run, s) for s in (1, 2, 3, 4))
@@ -44,8 +44,8 @@ def test_discriminator_trains_only_after_disc_start(images, tmp_path):
 def test_stage1_two_process_ddp_with_resume(images, tmp_path):
     run = tmp_path / "ddp"
     args = ["-m", "ldm_system.cli", "train-ae", "--config", str(AE_DEBUG), "--set", f"data.shards={images}",
-            "--set", f"train.out_dir={run}", "--set", "train.ckpt_every=2", "--set", "scale_batches=1",
-            "--set", "train.log_every=1"]
+            "--set", f"train.out_dir={run}", "--set", "train.checkpoint.every=2", "--set", "scale_batches=1",
+            "--set", "train.log.every=1"]
     accelerate([*args, "--set", "train.steps=4"], mode="ddp")
     accelerate([*args, "--set", "train.steps=6", "--resume", "latest"], mode="ddp")
     meta = json.loads((run / "checkpoints" / "step_00000006" / "trainer.json").read_text())

@@ -7,7 +7,7 @@ through the shipped accelerate files and the real `ldm train` CLI.
 - ZeRO-3 (launch/accelerate/zero3.yaml): 6 uninterrupted steps vs 3 steps + `--resume latest` to 6:
   weights, EMA, optimizer shards, every rank's RNG and data position are identical, bit for bit.
 - A dead machine: killing one launcher mid-run makes the other exit with an error within
-  `train.dist_timeout_s`; relaunching both with `--resume latest` continues from the checkpoint.
+  `train.faults.dist_timeout_s`; relaunching both with `--resume latest` continues from the checkpoint.
 """
 from __future__ import annotations
 
@@ -63,7 +63,7 @@ def _run(config_file: str, train_args: list[str], extra_env: dict | None = None,
 
 def _args(latents: Path, out: Path, steps: int, *extra: str) -> list[str]:
     return ["--set", f"data.shards={latents}", "--set", f"train.out_dir={out}", "--set", f"train.steps={steps}",
-            "--set", "data.batch_size=4", "--set", "train.log_every=1", "--set", "preview.num_images=2",
+            "--set", "data.batch_size=4", "--set", "train.log.every=1", "--set", "preview.num_images=2",
             "--set", "preview.steps=2", *extra]
 
 
@@ -75,7 +75,7 @@ def test_ddp_on_two_machines_splits_the_data(latents, tmp_path):
     out = tmp_path / "ddp"
     # 256 samples, 2 machines x batch 4: 32 steps are one epoch
     _run("launch/accelerate/multi_node.yaml",
-         _args(latents, out, 32, "--set", "train.ckpt_every=0", "--set", "train.warmup_steps=8"),
+         _args(latents, out, 32, "--set", "train.checkpoint.every=0", "--set", "train.lr.warmup_steps=8"),
          extra_env={"ACCELERATE_USE_CPU": "1"})
     folder = _ckpt(out, 32)
     loaders = [json.loads((folder / f"loader_rank{r}.json").read_text()) for r in (0, 1)]
@@ -96,7 +96,7 @@ def _same_files(a: Path, b: Path, pattern: str) -> list[str]:
 
 def test_zero3_on_two_machines_resumes_bit_for_bit(latents, tmp_path):
     full, cut = tmp_path / "full", tmp_path / "cut"
-    common = ("--set", "train.ckpt_every=3")
+    common = ("--set", "train.checkpoint.every=3")
     _run("launch/accelerate/zero3.yaml", _args(latents, full, 6, *common))
     _run("launch/accelerate/zero3.yaml", _args(latents, cut, 3, *common))
     _run("launch/accelerate/zero3.yaml", _args(latents, cut, 6, *common, "--resume", "latest"))
@@ -140,7 +140,7 @@ def _kill_machine(pid: int) -> None:
 
 def test_a_dead_machine_does_not_hang_the_other(latents, tmp_path):
     out = tmp_path / "dead"
-    args = _args(latents, out, 400, "--set", "train.ckpt_every=2", "--set", "train.dist_timeout_s=30")
+    args = _args(latents, out, 400, "--set", "train.checkpoint.every=2", "--set", "train.faults.dist_timeout_s=30")
     procs = _launchers("launch/accelerate/multi_node.yaml", args, free_port(), {"ACCELERATE_USE_CPU": "1"})
     deadline = time.time() + 300
     while not (_ckpt(out, 4)).is_dir():
@@ -157,6 +157,6 @@ def test_a_dead_machine_does_not_hang_the_other(latents, tmp_path):
     assert procs[0].returncode != 0
     assert time.time() - killed_at < 90
     procs[1].wait()
-    _run("launch/accelerate/multi_node.yaml", _args(latents, out, 8, "--set", "train.ckpt_every=2",
+    _run("launch/accelerate/multi_node.yaml", _args(latents, out, 8, "--set", "train.checkpoint.every=2",
                                                     "--resume", "latest"), extra_env={"ACCELERATE_USE_CPU": "1"})
     assert json.loads((_ckpt(out, 8) / "trainer.json").read_text())["step"] == 8

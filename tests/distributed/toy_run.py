@@ -9,7 +9,8 @@ import sys
 import torch
 from torch import nn
 
-from ldm_system.train.engine import EngineConfig, Trainer
+from ldm_system.train.engine import Trainer
+from ldm_system.train.engine_config import CheckpointConfig, EMAConfig, EngineConfig, LogConfig
 
 
 class Stream:
@@ -58,8 +59,8 @@ def main() -> None:
     resume = sys.argv[3] if len(sys.argv) > 3 else None
     world = int(__import__("os").environ.get("WORLD_SIZE", "1"))
     rank = int(__import__("os").environ.get("RANK", "0"))
-    cfg = EngineConfig(out_dir=out, steps=steps, log_every=1, ckpt_every=5,
-                       ema_module="net", ema_decay=0.9, progress=False, max_grad_norm=0.0)
+    cfg = EngineConfig(out_dir=out, steps=steps, max_grad_norm=0.0, ema=EMAConfig("net", decay=0.9),
+                       checkpoint=CheckpointConfig(every=5), log=LogConfig(every=1, progress=False))
     tr = Trainer(MLPTask(), Stream(rank, world, 8 // world), cfg, micro_batch=8 // world, resume=resume)
     tr.fit()
     acc = tr.accelerator

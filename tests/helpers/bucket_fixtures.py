@@ -40,7 +40,7 @@ def build_bucket_latents(root: Path):
     build_folder(root / "src")
     m = pack(str(root / "src"), root / "images", image_size=32, buckets=True, bucket_step=8, channels=1, shard_size=4)
     cfg = load_config(AERunConfig, AE_DEBUG, [f"data.shards={root / 'images'}", f"train.out_dir={root / 'ae'}",
-                                               "data.batch_size=2", "train.steps=2", "train.ckpt_every=0",
+                                               "data.batch_size=2", "train.steps=2", "train.checkpoint.every=0",
                                                "scale_batches=100", "loss.disc_start=1"])
     run_autoencoder(cfg)
     lat = encode_shards(root / "ae" / "autoencoder", root / "images", root / "latents", batch_size=4, progress=False)

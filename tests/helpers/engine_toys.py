@@ -6,7 +6,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ldm_system.train.engine import EngineConfig
+from ldm_system.train.engine_config import CheckpointConfig, EMAConfig, EngineConfig, FaultConfig, LRConfig, LogConfig
 
 
 class ToyStream:
@@ -53,8 +53,9 @@ class ToyTask:
         return torch.zeros(2, 1, 4, 4)
 
 
-def toy_cfg(tmp_path: Path, **kw) -> EngineConfig:
-    base = dict(out_dir=str(tmp_path / "run"), steps=12, log_every=4, ckpt_every=4,
-                keep_last=2, ema_module="net", ema_decay=0.9, progress=False)
-    base.update(kw)
-    return EngineConfig(**base)
+def toy_cfg(tmp_path: Path, steps: int = 12, ckpt_every: int = 4, ema_module: str = "net", max_nan_steps: int = 5,
+            lr: LRConfig = LRConfig(), **kw) -> EngineConfig:
+    """The toy run's engine config; the keywords the tests vary, plus any top-level EngineConfig field."""
+    return EngineConfig(out_dir=str(tmp_path / "run"), steps=steps, lr=lr,
+                        ema=EMAConfig(module=ema_module, decay=0.9), checkpoint=CheckpointConfig(ckpt_every, keep_last=2),
+                        log=LogConfig(every=4, progress=False), faults=FaultConfig(max_nan_steps=max_nan_steps), **kw)

@@ -20,7 +20,7 @@ def build_debug_latents(root: Path, num_images: int = 256, ae_steps: int = 2) ->
         return lat
     pack("builtin:fashion-mnist", root / "images", image_size=32, split="test", limit=num_images, shard_size=64)
     cfg = load_config(AERunConfig, AE_DEBUG, [f"data.shards={root / 'images'}", f"train.out_dir={root / 'ae'}",
-                                               f"train.steps={ae_steps}", "train.ckpt_every=0", "scale_batches=2"])
+                                               f"train.steps={ae_steps}", "train.checkpoint.every=0", "scale_batches=2"])
     run_autoencoder(cfg)
     encode_shards(root / "ae" / "autoencoder", root / "images", lat, batch_size=64, shard_size=64, progress=False)
     return lat

@@ -52,7 +52,7 @@ def build_trained_model(root: Path, sizes: BuildSizes = BuildSizes()) -> Path:
     t0 = time.perf_counter()
     ae_cfg = load_config(AERunConfig, AE_CONFIG, [
         f"data.shards={shards}", f"data.batch_size={sizes.ae_batch}", f"train.out_dir={root / 'ae'}",
-        f"train.steps={sizes.ae_steps}", f"train.ckpt_every={sizes.ae_steps}", f"train.log_every={sizes.ae_steps}",
+        f"train.steps={sizes.ae_steps}", f"train.checkpoint.every={sizes.ae_steps}", f"train.log.every={sizes.ae_steps}",
         # no GAN: the discriminator doubles the step cost, and these tests measure the denoiser, not the codec
         f"loss.disc_start={sizes.ae_steps + 1}",
     ])
@@ -67,8 +67,8 @@ def build_trained_model(root: Path, sizes: BuildSizes = BuildSizes()) -> Path:
     t0 = time.perf_counter()
     ldm_cfg = load_config(LDMRunConfig, LDM_CONFIG, [
         f"data.shards={latents}", f"data.batch_size={sizes.ldm_batch}", f"train.out_dir={root / 'ldm'}",
-        f"train.steps={sizes.ldm_steps}", f"train.ckpt_every={sizes.ldm_steps}", f"train.log_every={sizes.ldm_steps}",
-        f"optim.lr={sizes.ldm_lr}", "train.ema_decay=0.99", "preview.num_images=4", "preview.steps=5",
+        f"train.steps={sizes.ldm_steps}", f"train.checkpoint.every={sizes.ldm_steps}", f"train.log.every={sizes.ldm_steps}",
+        f"optim.lr={sizes.ldm_lr}", "train.ema.decay=0.99", "preview.num_images=4", "preview.steps=5",
     ])
     run_ldm(ldm_cfg)
     timings["stage2"] = time.perf_counter() - t0

@@ -68,7 +68,7 @@ def test_train_resume_load_and_sample(shards, tmp_path):
 
 def test_unconditional_run(shards, tmp_path):
     folder = run_gan(_cfg(shards, tmp_path / "u", 1, "model.num_classes=0", "loss.kind=non_saturating",
-                          "train.ema_module=''", "train.ckpt_every=0"))
+                          "train.ema.module=''", "train.checkpoint.every=0"))
     meta = json.loads((folder / "baseline.json").read_text())
     assert meta["ema"] is False and meta["classes"] == []
     x = load_gan(folder).sample(3, seed=0)
@@ -91,5 +91,5 @@ def test_wrong_family_and_mismatched_data_are_refused(shards, tmp_path):
 def test_real_config_loads():
     cfg = load_config(GANRunConfig, FMNIST)
     assert cfg.model.channels == 1 and cfg.model.image_size == 32 and cfg.model.num_classes == 10
-    assert cfg.loss.kind == "hinge" and cfg.train.ema_module == "gen" and cfg.train.max_minutes > 0
+    assert cfg.loss.kind == "hinge" and cfg.train.ema.module == "gen" and cfg.train.max_minutes > 0
     assert cfg.data.batch_size == 64 and cfg.preview.num_images == 64

@@ -44,8 +44,8 @@ def test_pack_encode_keep_every_bucket(stages) -> None:
 
 def _ldm(root: Path, out: str, steps: int):
     return load_config(LDMRunConfig, LDM_DEBUG, [f"data.shards={root / 'latents'}", f"train.out_dir={root / out}",
-                                                 "data.batch_size=2", f"train.steps={steps}", "train.ckpt_every=2",
-                                                 "preview.num_images=2", "preview.steps=2", "train.log_every=1"])
+                                                 "data.batch_size=2", f"train.steps={steps}", "train.checkpoint.every=2",
+                                                 "preview.num_images=2", "preview.steps=2", "train.log.every=1"])
 
 
 def test_stage2_trains_on_mixed_shapes_and_resumes_exactly(stages) -> None:

@@ -79,8 +79,8 @@ FINETUNE = __import__("pathlib").Path(__file__).resolve().parents[2] / "configs"
 
 def _finetune(world, latents, out, init_from, *extra):
     cfg = load_config(LDMRunConfig, FINETUNE, [f"data.shards={latents}", f"train.out_dir={world / out}", "data.batch_size=4",
-                                           "data.num_workers=0", "train.steps=20", "train.ckpt_every=20", "optim.lr=0.0005",
-                                           "train.ema_module=unet", "train.progress=false", "preview.num_images=2",
+                                           "data.num_workers=0", "train.steps=20", "train.checkpoint.every=20", "optim.lr=0.0005",
+                                           "train.ema.module=unet", "train.log.progress=false", "preview.num_images=2",
                                            "preview.steps=2", *extra])
     run_ldm(cfg, init_from=str(init_from)).close()
     from ldm_system.serving.export import export_checkpoint

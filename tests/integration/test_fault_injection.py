@@ -38,7 +38,7 @@ def latents(tmp_path_factory):
 def _cmd(latents, out, steps, *extra):
     return [sys.executable, "-m", "ldm_system.cli", "train", "--config", str(LDM_DEBUG),
             "--set", f"data.shards={latents}", "--set", f"train.out_dir={out}", "--set", f"train.steps={steps}",
-            "--set", "train.ckpt_every=1", "--set", "train.keep_last=2", "--set", "data.batch_size=4",
+            "--set", "train.checkpoint.every=1", "--set", "train.checkpoint.keep_last=2", "--set", "data.batch_size=4",
             "--set", "preview.num_images=2", "--set", "preview.steps=2", "--resume", "latest", *extra]
 
 

@@ -20,7 +20,7 @@ def data(tmp_path_factory):
 
 def _cfg(shards, out, *extra):
     return load_config(LDMRunConfig, LDM_DEBUG, [f"data.shards={shards}", f"train.out_dir={out}", "data.batch_size=4",
-                                                 "train.ckpt_every=0", "preview.num_images=2", "preview.steps=2", *extra])
+                                                 "train.checkpoint.every=0", "preview.num_images=2", "preview.steps=2", *extra])
 
 
 @pytest.fixture(scope="module")

@@ -28,7 +28,7 @@ def _cfg(data, out, *extra):
     root, lat, clip = data
     return load_config(LDMRunConfig, TEXT_DEBUG, [
         f"data.shards={lat}", f"train.out_dir={root / out}", f"text.path={clip}", "data.batch_size=4",
-        "train.ckpt_every=2", "preview.num_images=2", "preview.steps=2", "diffusion.cond_drop_prob=0.5", *extra])
+        "train.checkpoint.every=2", "preview.num_images=2", "preview.steps=2", "diffusion.cond_drop_prob=0.5", *extra])
 
 
 @pytest.fixture(scope="module")
@@ -105,7 +105,7 @@ def test_export_without_the_text_encoder_fails_clearly(data, trained, tmp_path):
     run = tmp_path / "run"
     run_ldm(load_config(LDMRunConfig, TEXT_DEBUG, [
         f"data.shards={lat}", f"train.out_dir={run}", f"text.path={moved}", "data.batch_size=4",
-        "train.steps=1", "train.ckpt_every=0", "preview.num_images=1", "preview.steps=1"]))
+        "train.steps=1", "train.checkpoint.every=0", "preview.num_images=1", "preview.steps=1"]))
     shutil.rmtree(moved)
     with pytest.raises(FileNotFoundError, match="text encoder .*clip-copy is gone"):
         export_checkpoint(run, tmp_path / "model")

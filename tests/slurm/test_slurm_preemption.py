@@ -120,8 +120,8 @@ def test_preempted_job_requeues_and_matches_uninterrupted(slurm_env, tmp_path, a
 
     def submit(name: str) -> tuple[str, Path, Path]:
         run, log = tmp_path / name, tmp_path / f"{name}.out"
-        args = [f"data.shards={latents}", f"train.out_dir={run}", f"train.steps={STEPS}", "train.ckpt_every=0",
-                "train.log_every=1", "data.batch_size=4", "preview.num_images=2", "preview.steps=2"]
+        args = [f"data.shards={latents}", f"train.out_dir={run}", f"train.steps={STEPS}", "train.checkpoint.every=0",
+                "train.log.every=1", "data.batch_size=4", "preview.num_images=2", "preview.steps=2"]
         cmd = ["sbatch", "--parsable", "-N2", "--gpus-per-node=0", "--cpus-per-task=1", "--time=25",
                f"--job-name=ldm-{name}", f"--output={log}", f"--chdir={ROOT}", str(SBATCH), str(LDM_DEBUG)]
         for a in args:

@@ -8,6 +8,7 @@ import pytest
 import yaml
 
 from ldm_system.config import ConfigError, dump_config, load_config
+from ldm_system.train.engine_config import EngineConfig
 
 
 @dataclass(frozen=True)
@@ -24,6 +25,11 @@ class Root:
     channels: tuple[int, ...] = (32, 64)
     resume: str | None = None
     opt: Opt = field(default_factory=Opt)
+
+
+@dataclass(frozen=True)
+class EngineRun:  # the engine's part of every run config
+    train: EngineConfig = field(default_factory=EngineConfig)
 
 
 def _write(tmp_path, text):
@@ -44,6 +50,23 @@ def test_unknown_key_names_key_file_and_valid_keys(tmp_path):
         load_config(Root, p)
     msg = str(e.value)
     assert "opt.lrr" in msg and str(p) in msg and "valid keys: betas, lr" in msg
+
+
+def test_engine_keys_of_the_flat_layout_name_their_new_place(tmp_path):
+    """train: is split by concern; a user's old config fails with the key to write instead."""
+    from ldm_system.config_ranges import CHECKS
+
+    p = _write(tmp_path, "train:\n  steps: 4\n  ema_decay: 0.99\n")
+    with pytest.raises(ConfigError, match=r"key 'train.ema_decay' has moved to 'train.ema.decay'") as e:
+        load_config(EngineRun, p, checks=CHECKS)
+    assert e.value.key == "train.ema_decay" and str(p) in str(e.value)
+    with pytest.raises(ConfigError, match=r"'train.ckpt_every' has moved to 'train.checkpoint.every'"):
+        load_config(EngineRun, None, ["train.ckpt_every=5"], checks=CHECKS)
+    cfg = load_config(EngineRun, _write(tmp_path, "train:\n  ema: {module: unet, decay: 0.99}\n"),
+                      ["train.checkpoint.every=5", "train.lr.schedule=cosine"], checks=CHECKS)
+    assert (cfg.train.ema.decay, cfg.train.checkpoint.every, cfg.train.lr.schedule) == (0.99, 5, "cosine")
+    with pytest.raises(ConfigError, match=r"train.ema.decay = 1.0 is out of range"):
+        load_config(EngineRun, None, ["train.ema.decay=1.0"], checks=CHECKS)
 
 
 def test_wrong_type_is_an_error(tmp_path):

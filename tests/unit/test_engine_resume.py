@@ -13,7 +13,8 @@ from torch import nn
 from ldm_system.config import ConfigError, load_config
 from ldm_system.train import checkpoint as ckpt
 from ldm_system.train import launch_settings
-from ldm_system.train.engine import EngineConfig, Trainer
+from ldm_system.train.engine import Trainer
+from ldm_system.train.engine_config import EngineConfig, LRConfig
 from ldm_system.train.preemption import EXIT_PREEMPTED, Preempted, parse_signal
 from engine_toys import ToyStream, ToyTask, toy_cfg as _cfg
 
@@ -127,7 +128,7 @@ def test_changed_world_size_resumes_weights_only_and_logs_it(tmp_path, capsys):
 def test_weights_only_resume_continues_the_lr_schedule(tmp_path):
     from ldm_system.train.prepare import warmup_cosine
 
-    kw = dict(steps=20, warmup_steps=4, lr_schedule="cosine", ckpt_every=5)
+    kw = dict(steps=20, lr=LRConfig(schedule="cosine", warmup_steps=4), ckpt_every=5)
     Trainer(ToyTask(), ToyStream(), _cfg(tmp_path, **{**kw, "steps": 10})).fit()
     tr = Trainer(ToyTask(), ToyStream(), _cfg(tmp_path, **kw), resume="latest", resume_weights_only=True)
     want = 0.05 * warmup_cosine(4, 20, 0.1, "cosine")(10)  # ToyTask's base LR is 0.05
