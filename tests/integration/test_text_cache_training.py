@@ -81,7 +81,8 @@ def test_cached_states_give_the_online_loss_without_running_the_encoder(data) ->
     batch = next(iter(with_cache))
     torch.testing.assert_close(dropped.condition(batch), null.expand(8, -1, -1))
     calls.clear()
-    assert offline.preview(modules, batch).shape[0] == 2 and calls  # previews still encode their prompts
+    offline.preview(modules, batch)
+    assert calls  # previews still encode their prompts, with the encoder on the CPU
 
 
 def test_run_trains_from_the_cache_and_keeps_the_encoder_on_the_cpu(data) -> None:
