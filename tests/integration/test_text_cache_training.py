@@ -92,6 +92,21 @@ def test_run_trains_from_the_cache_and_keeps_the_encoder_on_the_cpu(data) -> Non
     assert tr.task.text.device.type == "cpu" and tr.task.info["text_encoder"]["max_length"] == 16
 
 
+def test_resume_from_cached_states_is_exact(data) -> None:
+    """Dropout on cached states draws from the global RNG, which checkpoints restore."""
+    root = data[0]
+
+    def run(out: str, steps: int, resume: str | None = None):
+        cfg = _cfg(data, data[2], f"train.out_dir={root / out}", f"train.steps={steps}", "diffusion.cond_drop_prob=0.5",
+                   "preview.num_images=2", "preview.steps=2")
+        return run_ldm(cfg, resume=resume).raw["unet"].state_dict()
+
+    full = run("full", 4)
+    run("split", 2)
+    resumed = run("split", 4, resume="latest")
+    assert all(torch.equal(full[k], resumed[k]) for k in full)
+
+
 def test_tag_shuffling_or_no_cache_encode_online(data) -> None:
     _, plain, cached, _ = data
     assert cached_null_text(_cfg(data, plain)) is None
