@@ -129,11 +129,12 @@ class Scheduler:
             self._cond.notify_all()
         for job in queued:
             job.cancel("server shutting down")
+            logger.info("request %s cancelled (server shutting down) before it started", job.request_id)
             self._finish(job, exc=Stopped("server shutting down", 0, job.total))
         self._thread.join(timeout=grace_s)
         with self._cond:
             for job in self._running:
-                job.cancel("server shutting down")
+                job.cancel("server shutting down")  # stops at its next step
         self._thread.join(timeout=max(5.0, grace_s))
 
     # ---- the worker thread ------------------------------------------------------------------------

@@ -154,8 +154,9 @@ class _Handlers:
         try:
             left = job.deadline - time.monotonic() + _BACKSTOP_S
             done, _ = await asyncio.wait({result, gone}, timeout=left, return_when=asyncio.FIRST_COMPLETED)
-            if result not in done:
+            if result not in done:  # the worker logs the stop at the job's next step
                 job.cancel("client disconnected" if gone in done else TIMED_OUT)
+                self.board.close(job.request_id, "cancelled")
                 raise HTTPException(499 if gone in done else 504, f"request {job.cancel_reason}")
             return result.result(), job.seconds
         except Stopped as e:
@@ -168,6 +169,7 @@ class _Handlers:
             gone.cancel()
             if not future.done():  # the endpoint is cancelled (server shutdown) or gave up
                 job.cancel("request abandoned")
+                result.cancel()  # nobody reads the outcome now
 
     async def api(self, request: Request, work: Callable[[], Awaitable[dict]]) -> dict:
         """One verb call, tracked on the progress board under its request id."""
@@ -179,8 +181,11 @@ class _Handlers:
             raise HTTPException(409, str(e)) from None
         try:
             out = await work()
+        except asyncio.CancelledError:  # the server stops
+            self.board.close(rid, "cancelled")
+            raise
         except BaseException:
-            self.board.close(rid, "failed")  # no-op when the worker closed it already (cancelled, failed)
+            self.board.close(rid, "failed")  # no-op when it was closed already (cancelled, failed)
             raise
         self.board.close(rid, "done")
         return {**out, "request_id": rid}
@@ -345,6 +350,21 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def _graceful_server(config, scheduler: Scheduler, grace_s: float):
+    """A uvicorn server whose shutdown also stops the model worker: queued requests are answered 503
+    at once, the running batch gets `grace_s` seconds and is then cancelled at its next step, so every
+    request in flight gets an answer before uvicorn's own wait for the connections ends."""
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        async def shutdown(self, sockets=None) -> None:
+            stopping = asyncio.ensure_future(run_in_threadpool(scheduler.close, grace_s))
+            await super().shutdown(sockets)
+            await stopping
+
+    return Server(config)
+
+
 def serve(model: str | Path, host: str = "127.0.0.1", port: int = 8000, limits: ServerLimits = ServerLimits(),
           device: str = "auto", token: str | None = None, batching: BatchingConfig = BatchingConfig(),
           shutdown_timeout_s: float = 10.0) -> None:
@@ -355,8 +375,9 @@ def serve(model: str | Path, host: str = "127.0.0.1", port: int = 8000, limits: 
     from ldm_system.serving.device import resolve_device
     from ldm_system.serving.pipeline import LDMPipeline
 
-    if not logging.getLogger().handlers:  # our INFO lines (cancellations, timeouts) next to uvicorn's
-        logging.basicConfig(level=logging.INFO, format="%(levelname)s:     %(name)s: %(message)s")
+    if not logging.getLogger().handlers:
+        logging.basicConfig(format="%(levelname)s:     %(name)s: %(message)s")
+    logging.getLogger("ldm_system.serving").setLevel(logging.INFO)  # cancellations and timeouts, next to uvicorn's lines
     if not is_loopback(host) and token is None:
         logger.warning("binding %s without a token: anyone who can reach this address can use the server "
                        "(set LDM_SERVE_TOKEN or --token-file)", host)
@@ -366,8 +387,9 @@ def serve(model: str | Path, host: str = "127.0.0.1", port: int = 8000, limits: 
     auth = "bearer token required" if token else "no authentication"
     print(f"serving {model} on http://{host}:{port} ({device}; GET / for the page, /health, POST /sample /invert "
           f"/edit /interpolate; {auth})", flush=True)
-    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="info",
-                                           timeout_graceful_shutdown=shutdown_timeout_s))
+    config = uvicorn.Config(app, host=host, port=port, log_level="info",
+                            timeout_graceful_shutdown=shutdown_timeout_s + _BACKSTOP_S)
+    server = _graceful_server(config, app.state.handlers.scheduler, shutdown_timeout_s)
     # uvicorn handles SIGTERM while it runs, then restores this handler and raises the signal again;
     # a no-op here lets the command return and exit 0 after the graceful shutdown.
     previous = signal.signal(signal.SIGTERM, lambda signum, frame: None)

@@ -60,6 +60,21 @@ def start_ldm_serve(model_dir: Path, port: int, *flags: str) -> subprocess.Popen
                             env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"})
 
 
+@contextmanager
+def ldm_serve_process(model_dir: Path, *flags: str) -> Iterator[tuple[subprocess.Popen, str]]:
+    """`ldm serve` on a free port, up and healthy: (process, base URL); killed on exit if still running."""
+    port = free_port()
+    proc = start_ldm_serve(model_dir, port, *flags)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_healthy(proc, url)
+        yield proc, url
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=30)
+
+
 def wait_healthy(proc: subprocess.Popen, url: str, timeout: float = 180) -> None:
     deadline = time.monotonic() + timeout
     while True:
@@ -107,4 +122,4 @@ def _expected_length(data: bytes) -> int:
     return len(data) + 1
 
 
-__all__ = ["decode_png", "free_port", "png_b64", "raw_request", "running_server", "start_ldm_serve", "wait_healthy"]
+__all__ = ["decode_png", "free_port", "ldm_serve_process", "png_b64", "raw_request", "running_server", "start_ldm_serve", "wait_healthy"]

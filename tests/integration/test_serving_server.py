@@ -10,7 +10,7 @@ import torch
 
 from ldm_system.serving.image_io import tensor_to_b64png
 from ldm_system.serving.server import BatchingConfig, ServerLimits, create_app, is_loopback
-from serving_http import decode_png, free_port, png_b64, running_server, start_ldm_serve, wait_healthy
+from serving_http import decode_png, ldm_serve_process, png_b64, running_server
 
 LIMITS = ServerLimits(max_steps=20, max_batch=4, max_null_opt_steps=5, max_input_side=256, max_body_bytes=200_000)
 # a wide window: on a loaded 2-core machine concurrent test clients must still land in one batch
@@ -305,19 +305,13 @@ def test_limits_and_loopback_helpers():
 @pytest.mark.slow
 def test_ldm_serve_command_end_to_end(serving_model_dir):
     """`ldm serve` as a real process (its start-up imports take ~30 s on a loaded 2-core machine)."""
-    port = free_port()
-    proc = start_ldm_serve(serving_model_dir, port, "--max-steps", "8")
-    try:
-        url = f"http://127.0.0.1:{port}"
-        wait_healthy(proc, url)
-        assert httpx.get(f"{url}/health").json()["model"]["device"] == "cpu"  # --device auto on a CPU machine
+    with ldm_serve_process(serving_model_dir, "--max-steps", "8") as (proc, url):
+        device = httpx.get(f"{url}/health").json()["model"]["device"]  # --device auto: cuda when present
+        assert device.startswith("cuda" if torch.cuda.is_available() else "cpu")
         r = httpx.post(f"{url}/sample", json={"num": 1, "classes": "Bag", "steps": 4}, timeout=60)
         assert r.status_code == 200 and decode_png(r.json()["images"][0]).size == (32, 32)
         r = httpx.post(f"{url}/sample", json={"num": 1, "steps": 9}, timeout=60)
         assert r.status_code == 422 and "1..8" in r.json()["detail"]
-    finally:
-        proc.terminate()
-        proc.wait(timeout=60)
 
 
 def test_bearer_token_guards_every_api_path(serving_pipe, tmp_path, monkeypatch):
