@@ -86,7 +86,7 @@ def test_cached_states_give_the_online_loss_without_running_the_encoder(data) ->
 
 
 def test_run_trains_from_the_cache_and_keeps_the_encoder_on_the_cpu(data) -> None:
-    tr = run_ldm(_cfg(data, data[2], "train.steps=2", "train.checkpoint.every=0", "preview.num_images=2",
+    tr = run_ldm(_cfg(data, data[2], "train.steps=2", "preview.num_images=2",
                       "preview.steps=2"))
     assert tr.step == 2 and tr.task.cached_null is not None
     assert tr.task.text.device.type == "cpu" and tr.task.info["text_encoder"]["max_length"] == 16
