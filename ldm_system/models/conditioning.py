@@ -12,6 +12,7 @@ mixes with, and the float forms null-condition inversion optimises. `per_image` 
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable, Sequence, TypeVar
 
@@ -80,6 +81,22 @@ class Conditioning:
         if self.kind != "class":
             raise ValueError("this model is not class-conditional")
         return [i % self.num_classes for i in range(n)]
+
+    def columns(self, n: int, classes: Sequence[ClassSpec] = (), prompts: Sequence[str] = (),
+                default_prompts: Sequence[str] = ()) -> tuple[list, list[str]]:
+        """What each column of a preview grid is conditioned on, and its label: the given `classes`
+        (ids, labelled by name when the model has names) or `prompts`; by default the classes 0..K-1,
+        or, for text models, the distinct `default_prompts` (at most n columns each). Unconditional
+        models: ⌈√n⌉ unlabelled columns."""
+        self.check_kind(bool(classes), bool(prompts))
+        if self.kind == "class":
+            ids = [self.class_id(c) for c in classes] if classes else self.cycle_classes(min(n, self.num_classes))
+            names = self.class_names
+            return ids, [names[i] if i < len(names) else str(i) for i in ids]
+        if self.kind == "text":
+            chosen = list(prompts) or list(dict.fromkeys(default_prompts))[:n] or [""]
+            return chosen, chosen
+        return [None] * max(1, math.ceil(math.sqrt(n))), []
 
     # ---- conditions ---------------------------------------------------------------------------
     def class_ids(self, classes: Sequence[ClassSpec] | None, n: int) -> Tensor | None:

@@ -24,14 +24,14 @@ from torch import nn
 
 from ldm_system.diffusion.config import DiffusionConfig
 from ldm_system.diffusion.guidance import drop_condition
-from ldm_system.diffusion.loop import sample
-from ldm_system.diffusion.samplers import SamplerConfig, make_sampler
 from ldm_system.diffusion.targets import diffusion_loss, offset_noise, sample_timesteps
 from ldm_system.models.conditioning import Conditioning
 from ldm_system.models.latent import LatentCodec
 from ldm_system.models.lora import LoRAConfig, add_lora
 from ldm_system.models.text import TextEncoder, check_cross_attention_dim, drop_captions, drop_states
 from ldm_system.models.unet import Denoiser, UNetConfig
+from ldm_system.train.diffusion_preview import draw_preview, preview_buckets
+from ldm_system.train.preview_grid import LabelledGrid
 
 
 @dataclass(frozen=True)
@@ -44,10 +44,14 @@ class OptimConfig:
 
 @dataclass(frozen=True)
 class PreviewConfig:
-    num_images: int = 16
+    num_images: int = 16  # budget: rows = max(1, num_images // columns) (diffusion_preview.py)
     steps: int = 20
     guidance: float = 2.0
     seed: int = 0
+    # What the grid's labelled columns show: class names or ids (class models) or prompts (text models).
+    # Empty: the classes 0..K-1, or the class names / the batch's captions as prompts.
+    classes: tuple[int | str, ...] = ()
+    prompts: tuple[str, ...] = ()
 
 
 class DiffusionTask:
@@ -80,6 +84,8 @@ class DiffusionTask:
         elif cached_null is not None:
             raise ValueError(f"cached text states given but unet.conditioning is {unet.conditioning!r}, not 'text'")
         self.cached_null = cached_null
+        if preview.classes or preview.prompts:  # before training: a class the data lacks stops the run now
+            self._columns(())
         self._metrics: dict[str, float] = {}
         self.device = torch.device("cpu")
 
@@ -147,35 +153,24 @@ class DiffusionTask:
         return dict(self._metrics)
 
     @torch.no_grad()
-    def preview(self, modules: Mapping[str, nn.Module], batch: Any) -> torch.Tensor:
-        """A short DDIM loop from fixed noise; classes cycle through 0..K-1 for class models, and text
-        models get the class names as prompts (the batch's captions when the data has no classes)."""
+    def preview(self, modules: Mapping[str, nn.Module], batch: Any) -> LabelledGrid:
+        """A short DDIM loop from fixed noise as a labelled grid (diffusion_preview.py): one column per
+        preview class or prompt, one section per bucket size for a model trained on buckets."""
         p, net = self.preview_cfg, modules["unet"]
         x0 = self.latents(batch)
-        shape = (p.num_images, *x0.shape[1:])
-        gen = torch.Generator(device="cpu").manual_seed(p.seed)  # own RNG: previews never shift training RNG
-        sampler = make_sampler(SamplerConfig(name="ddim", num_steps=p.steps), self.schedule, self.diff_cfg.prediction_type)
-        conditioning = Conditioning.of(self.unet_cfg, text=self.text, device=x0.device)
-        classes, prompts = None, None
-        if self.unet_cfg.conditioning == "class":
-            classes = conditioning.cycle_classes(p.num_images)
-        elif self.unet_cfg.conditioning == "text":
-            names = self.info.get("classes") or list(batch.captions) or [""]
-            prompts = [names[i % len(names)] for i in range(p.num_images)]
-        cond = conditioning.condition(classes, prompts, p.num_images)  # (N,) ids or (N, L, D) states
-        guidance = conditioning.guidance(p.guidance, cond)
-        was_training = net.training
-        net.eval()
-        dtype = next(net.parameters()).dtype  # low precision under DeepSpeed bf16/fp16
+        shapes = preview_buckets(self.info.get("buckets", ()), x0.shape[1]) or [tuple(x0.shape[1:])]
+        names = self.info.get("classes") or list(batch.captions)
+        return draw_preview(net, next(net.parameters()).dtype, self._conditioning(x0.device), self._columns(names),
+                            shapes, p.num_images, p.steps, p.guidance, p.seed, self.schedule,
+                            self.diff_cfg.prediction_type, self.codec.decode, x0.device)
 
-        def model_fn(x, t, c):
-            c = c.to(dtype) if c is not None and c.is_floating_point() else c
-            return net(x.to(dtype), t, c).float()
+    def _conditioning(self, device: torch.device | str = "cpu") -> Conditioning:
+        return Conditioning.of(self.unet_cfg, self.info.get("classes", ()), text=self.text, device=device)
 
-        z = sample(model_fn, sampler, shape, num_steps=p.steps, cond=cond,
-                   guidance=guidance, generator=gen, device=x0.device)
-        net.train(was_training)
-        return self.codec.decode(z).clamp(-1, 1)
+    def _columns(self, default_prompts) -> tuple[list, list[str]]:
+        """(conditions, labels) of the preview's columns; a class name the data does not have is an error."""
+        p = self.preview_cfg
+        return self._conditioning().columns(p.num_images, p.classes, p.prompts, default_prompts)
 
     def checkpoint_metadata(self) -> dict[str, Any]:
         return {"latent_scale": self.codec.scale, "input_kind": self.input_kind, **self.info}

@@ -9,7 +9,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ldm_system.config import dump_config
-from ldm_system.images import save_grid
+from ldm_system.train.preview_grid import LabelledGrid, as_image
 
 log = logging.getLogger("ldm_system")
 
@@ -55,9 +55,19 @@ class RunLogger:
 
             f.write(json.dumps({"step": step, **stats}) + "\n")
 
-    def grid(self, images: torch.Tensor, name: str) -> None:
-        if self.is_main:
-            save_grid(images, self.out / "previews" / name)
+    def grid(self, images: torch.Tensor | LabelledGrid, name: str, step: int | None = None) -> None:
+        """previews/NAME (PNG) and, with `step`, the same image in TensorBoard under "preview"."""
+        if not self.is_main:
+            return
+        image = as_image(images)
+        path = self.out / "previews" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        image.save(path)
+        if self.writer is not None and step is not None:
+            import numpy as np
+
+            self.writer.add_image("preview", np.asarray(image), step, dataformats="HW" if image.mode == "L" else "HWC")
+            self.writer.flush()
 
     def info(self, msg: str) -> None:
         if self.is_main:

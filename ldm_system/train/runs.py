@@ -90,7 +90,11 @@ def run_autoencoder(cfg: AERunConfig, resume: str | None = None, resume_weights_
 def data_codec(cfg: LDMRunConfig) -> tuple[LatentCodec, str, list[int], dict]:
     """(codec, input kind, latent shape (c, h, w), provenance) from the data manifest and `cfg.autoencoder`."""
     codec, kind, shape, ae_path, manifest = _data_codec(cfg)
-    return codec, kind, shape, {"classes": list(manifest.classes), "autoencoder": ae_path}
+    info = {"classes": list(manifest.classes), "autoencoder": ae_path}
+    if buckets := manifest.meta.get("buckets"):  # in latent pixels: what previews draw at (diffusion_preview.py)
+        f = 1 if kind == "latent" or codec.is_identity else codec.ae.cfg.f
+        info["buckets"] = [{"width": b["width"] // f, "height": b["height"] // f, "count": b["count"]} for b in buckets]
+    return codec, kind, shape, info
 
 
 def _data_codec(cfg: LDMRunConfig):

@@ -56,7 +56,8 @@ def test_task_trains_and_previews_with_text(enc):
     loss.backward()
     assert name == "unet" and torch.isfinite(loss)
     assert task.checkpoint_metadata()["text_encoder"] == {"source": enc.source, "max_length": 16, "hidden_size": 32}
-    assert task.preview(modules, _batch()).shape == (3, 3, 4, 4)
+    grid = task.preview(modules, _batch())  # one labelled column per class name, 3 // 2 = 1 row
+    assert grid.labels == ["Sneaker", "Bag"] and grid.sections[0].images.shape == (2, 3, 4, 4)
 
 
 def test_task_refuses_a_missing_encoder_or_a_dim_mismatch(enc):
