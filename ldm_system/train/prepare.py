@@ -35,6 +35,10 @@ def make_accelerator(grad_accum: int, mixed_precision: str, micro_batch: int | N
         # decay would run N times too fast on N processes. The engine steps them on sync steps.
         step_scheduler_with_optimizer=False,
     )
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and accelerator.distributed_type == DistributedType.NO:  # e.g. a MULTI_GPU file, no CUDA
+        raise RuntimeError(f"launched {world} processes but accelerate runs them as unsynchronised copies (no CUDA "
+                           "for this launch config): on CPU machines set ACCELERATE_USE_CPU=1 or use_cpu: true")
     plugin = accelerator.state.deepspeed_plugin
     if plugin is not None:
         if micro_batch is None:

@@ -33,6 +33,8 @@ def accelerate(args: list[str], mode: str, procs: int = 2, timeout: int = 600, m
     e = env()
     if mode.startswith("file:"):
         cmd += ["--config_file", mode.removeprefix("file:")]
+        if "distributed_type: MULTI_GPU" in (ROOT / mode.removeprefix("file:")).read_text():
+            e["ACCELERATE_USE_CPU"] = "1"  # DDP over gloo: without it, a CPU machine runs unsynchronised copies
     elif mode == "ddp":
         e["ACCELERATE_USE_CPU"] = "1"
         cmd += ["--multi_gpu"] if procs > 1 else []
