@@ -151,3 +151,36 @@ def test_bits_per_dim_golden():
     )
     with pytest.raises(ValueError, match="num_dims"):
         bits_per_dim(1.0, 0)
+
+
+def test_kid_equals_the_unbiased_mmd_written_out():
+    from ldm_system.eval.metrics import kernel_inception_distance
+
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(6, 5, generator=g, dtype=torch.float64), torch.randn(6, 5, generator=g, dtype=torch.float64) + 0.5
+    k = lambda a, b: (float(a @ b) / 5 + 1.0) ** 3  # noqa: E731
+    xx = sum(k(x[i], x[j]) for i in range(6) for j in range(6) if i != j) / 30
+    yy = sum(k(y[i], y[j]) for i in range(6) for j in range(6) if i != j) / 30
+    xy = sum(k(x[i], y[j]) for i in range(6) for j in range(6)) / 36
+    out = kernel_inception_distance(x, y, subsets=1, subset_size=6)  # the one subset is each whole set
+    assert out["kid"] == pytest.approx(xx + yy - 2 * xy, rel=1e-12) and out["kid_std"] == 0.0
+
+
+def test_kid_is_unbiased_where_fd_is_not():
+    """Two samples of one distribution: KID averages to ~0 at any sample count; FD stays well above 0."""
+    from ldm_system.eval.metrics import kernel_inception_distance
+
+    g = torch.Generator().manual_seed(1)
+    kids, fds = [], []
+    for _ in range(20):
+        a, b = torch.randn(40, 16, generator=g), torch.randn(40, 16, generator=g)
+        kids.append(kernel_inception_distance(a, b, subsets=5, subset_size=40)["kid"])
+        fds.append(frechet_distance_from_features(a, b))
+    kids = torch.tensor(kids)
+    assert abs(float(kids.mean())) < 3 * float(kids.std()) / math.sqrt(len(kids))
+    assert min(fds) > 1.0  # FD's small-sample bias: every estimate far above the true 0
+    shifted = kernel_inception_distance(torch.randn(200, 16, generator=g), torch.randn(200, 16, generator=g) + 1.0,
+                                        subsets=10, subset_size=100)
+    assert shifted["kid"] > 10 * shifted["kid_std"] > 0 and shifted["subset_size"] == 100
+    with pytest.raises(ValueError, match="needs >= 2 samples"):
+        kernel_inception_distance(torch.randn(1, 4), torch.randn(5, 4))

@@ -63,6 +63,8 @@ def test_a_good_generator_scores_far_better_than_noise(data):
     assert good.fd < bad.fd / 2, (good.fd, bad.fd)  # measured 86 vs 258 (60 samples: FD is biased upwards)
     assert good.precision > 0.5 > bad.precision and good.recall > bad.recall
     assert abs(good.fd - floor.fd) < 0.5 * floor.fd  # replaying real images sits at the data floor
+    # KID has no sample-count bias: real images replayed sit near 0, noise far above
+    assert abs(good.kid) < 3 * good.kid_std + 1e-3 and bad.kid > 20 * max(bad.kid_std, 1e-6)
     assert good.bits_per_dim is None and bad.bits_per_dim == pytest.approx(8.0)
     assert bad.seconds_per_image > 0
 
@@ -83,7 +85,7 @@ def test_wrong_image_shape_is_refused(data):
 def test_report_files(tmp_path, data):
     test, *_ = data
     rows = [Row("data (train vs test)", "data", 10.0, 0.9, 0.9, None, 0.0, 60),
-            Row("flow", "flow", 50.0, 0.4, 0.3, 3.25, 0.01, 60),
+            Row("flow", "flow", 50.0, 0.4, 0.3, 3.25, 0.01, 60, kid=0.0123, kid_std=0.0004),
             Row("broken", "gan", float("nan"), float("nan"), float("nan"), None, float("nan"), 0, error="NaN samples")]
     out = write_report(rows, {"flow": test[:20], "data (train vs test)": test[20:40]}, tmp_path, {"num": 60})
     report = json.loads((out / "report.json").read_text())
@@ -91,10 +93,10 @@ def test_report_files(tmp_path, data):
     assert report["rows"][2]["fd"] is None and report["rows"][2]["error"] == "NaN samples"  # valid JSON, no NaN
     assert report["rows"][1]["bits_per_dim"] == 3.25
     md = (out / "report.md").read_text()
-    assert "| flow | flow | 50.00 | 0.400 | 0.300 | 3.250 | 0.0100 |" in md and "not comparable" in md
+    assert "| flow | flow | 50.00 | 12.30 ± 0.40 | 0.400 | 0.300 | 3.250 | 0.0100 |" in md and "not comparable" in md
     assert "| broken | gan | failed: NaN samples |" in md
     assert (out / "samples_flow.png").exists() and (out / "report.png").exists()
-    assert "| data (train vs test) | data | 10.00 | 0.900 | 0.900 | – | – |" in markdown_table(rows)
+    assert "| data (train vs test) | data | 10.00 | nan ± nan | 0.900 | 0.900 | – | – |" in markdown_table(rows)
 
 
 def test_unknown_folders_fail_clearly(tmp_path):
