@@ -24,14 +24,13 @@ def is_open(path: str) -> bool:
 
 
 def _asset(name: str) -> Response:
+    """A file of `serving/web/` by its exact name: only names listed in that folder are looked up, so
+    nothing a URL can spell (`..`, separators, NUL bytes, encodings of them) reaches the file system."""
+    web = resources.files("ldm_system.serving").joinpath("web")
     suffix = name[name.rfind("."):] if "." in name else ""
-    if "/" in name or name.startswith(".") or suffix not in _MEDIA:
+    if suffix not in _MEDIA or name.startswith(".") or name not in {e.name for e in web.iterdir() if e.is_file()}:
         raise HTTPException(404, f"no page asset named {name!r}")
-    try:
-        body = resources.files("ldm_system.serving").joinpath("web", name).read_bytes()
-    except FileNotFoundError:
-        raise HTTPException(404, f"no page asset named {name!r}") from None
-    return Response(body, media_type=_MEDIA[suffix], headers={"Cache-Control": "no-cache"})
+    return Response(web.joinpath(name).read_bytes(), media_type=_MEDIA[suffix], headers={"Cache-Control": "no-cache"})
 
 
 def add_web_routes(app: FastAPI) -> None:
