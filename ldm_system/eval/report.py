@@ -1,7 +1,8 @@
 """One report for every model family: `ldm report NAME=MODEL ... --test-shards DIR --out DIR`.
 
 Every model is seen through the `GenerativeModel` interface (`ldm_system/eval/protocols.py`): the
-LDM through its export folder (`eval/ldm_generator.py`), the baselines through their model folders.
+LDM through its export folder (`eval/ldm_generator.py`), the baselines through their model folders,
+the VAE through a stage-1 autoencoder folder (`eval/vae_generator.py`: prior samples, decoded).
 The same held-out images, the same feature network and the same number of samples go into every row:
 
 - FD: Fréchet distance between EfficientNet-Lite0 features of `num` samples and of `num` test
@@ -33,7 +34,8 @@ from ldm_system.eval.features import EFFNET_FD_LABEL, build_feature_extractor
 from ldm_system.eval.ldm_generator import LDMGenerator
 from ldm_system.eval.metrics import frechet_distance_from_features, kernel_inception_distance, precision_recall
 from ldm_system.eval.protocols import GenerativeModel, LikelihoodModel
-from ldm_system.artifacts.kinds import LDM_META, MODEL_INDEX
+from ldm_system.eval.vae_generator import VAEPriorGenerator
+from ldm_system.artifacts.kinds import LDM_META, MODEL_INDEX, STAGE1_META
 from ldm_system.images import make_grid
 
 
@@ -53,15 +55,21 @@ class Row:
 
 
 # ---- loading -------------------------------------------------------------------------------------
-def load_generator(path: str | Path, ldm_steps: int = 50, ldm_guidance: float = 1.0) -> tuple[str, GenerativeModel]:
-    """(family, generator) for an `ldm export` folder or a baseline model/run folder."""
+def load_generator(path: str | Path, ldm_steps: int = 50, ldm_guidance: float = 1.0,
+                   image_size: int | None = None) -> tuple[str, GenerativeModel]:
+    """(family, generator) for an `ldm export` folder, a baseline model/run folder, or a stage-1
+    autoencoder folder (the VAE row: prior samples at `image_size`, the test images' size)."""
     path = Path(path)
     if (path / LDM_META).exists() or (path / MODEL_INDEX).exists():  # ours, or a diffusers pipeline folder
         return "ldm", LDMGenerator(path, steps=ldm_steps, guidance=ldm_guidance)
+    if (path / STAGE1_META).exists():
+        if image_size is None:
+            raise ValueError(f"{path}: an autoencoder samples at any size; give the image size (the test images')")
+        return "vae", VAEPriorGenerator(path, image_size)
     meta_file = path / MODEL_JSON if (path / MODEL_JSON).exists() else path / "model" / MODEL_JSON
     if not meta_file.exists():
         raise FileNotFoundError(f"{path}: neither an `ldm export` folder (ldm.json) nor a baseline model folder "
-                                f"({MODEL_JSON})")
+                                f"({MODEL_JSON}) nor an autoencoder folder ({STAGE1_META})")
     family = json.loads(meta_file.read_text()).get("family")
     if family not in registry.FAMILIES:
         raise ValueError(f"{meta_file}: unknown family {family!r}; known: {', '.join(registry.FAMILIES)}")
@@ -185,7 +193,8 @@ def run_report(models: dict[str, str], test_shards: str, out: str | Path, num: i
     """Evaluate every NAME -> model folder on the same test images; write report.{md,json,png}."""
     if not models:
         raise ValueError("give at least one NAME=MODEL_DIR")
-    loaded = {name: load_generator(path, ldm_steps, ldm_guidance) for name, path in models.items()}  # fail early
+    size = first_images(test_shards, 1).shape[-1]  # the VAE row samples at the test images' size
+    loaded = {name: load_generator(path, ldm_steps, ldm_guidance, size) for name, path in models.items()}  # fail early
     test = first_images(test_shards, max(num, bpd_images))
     net = build_feature_extractor(feature_net)
     test_feats = _features(net, test[:num])

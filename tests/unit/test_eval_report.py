@@ -117,3 +117,32 @@ def test_cli_model_list_errors(tmp_path):
         parse_models([f"a={tmp_path}", f"a={tmp_path}"])
     with pytest.raises(FileNotFoundError, match="does not exist"):
         parse_models([f"a={tmp_path / 'nope'}"])
+
+
+def test_an_autoencoder_folder_is_the_vae_row(tmp_path, data):
+    """A stage-1 KL folder loads as a VAE: N(0, I) prior samples decoded at the test images' size."""
+    from autoencoders.config import AutoencoderConfig
+    from autoencoders.io import save_autoencoder
+    from autoencoders.factory import build_autoencoder
+    from ldm_system.eval.vae_generator import VAEPriorGenerator
+
+    test, _, net, feats = data
+    cfg = AutoencoderConfig(kind="kl", in_channels=1, channels=(8, 16, 16), f=4, latent_channels=3,
+                            layers_per_block=1, norm_groups=8)
+    torch.manual_seed(0)
+    ae = build_autoencoder(cfg)
+    save_autoencoder(ae, cfg, 0.25, tmp_path / "ae")
+    family, gen = load_generator(tmp_path / "ae", image_size=32)
+    assert family == "vae" and gen.image_shape == (1, 32, 32) and gen.latent_shape == (3, 8, 8)
+    a, b = gen.sample(4, seed=3), gen.sample(4, seed=3)
+    assert torch.equal(a, b) and not torch.equal(a, gen.sample(4, seed=4))
+    z = torch.randn(4, 3, 8, 8, generator=torch.Generator().manual_seed(3))
+    assert torch.allclose(a, ae.eval().decode(z).clamp(-1, 1), atol=1e-6)  # exactly the prior, decoded
+    matched = VAEPriorGenerator(tmp_path / "ae", 32, prior="matched")
+    assert matched.std == pytest.approx(4.0)  # 1 / latent scale: the latents' own std
+    row, samples = evaluate("vae", family, gen, test, feats, net, num=20, batch=10)
+    assert samples.shape == (20, 1, 32, 32) and row.bits_per_dim is None and row.fd > 0
+    with pytest.raises(ValueError, match="give the image size"):
+        load_generator(tmp_path / "ae")
+    with pytest.raises(ValueError, match="not a multiple of the autoencoder's f = 4"):
+        VAEPriorGenerator(tmp_path / "ae", 30)
