@@ -21,6 +21,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -59,9 +60,16 @@ def server(serving_model_dir, tmp_path_factory):
     port = free_port()
     proc = start_ldm_serve(serving_model_dir, port, "--token-file", str(token_file))
     url = f"http://127.0.0.1:{port}"
+    log: list[str] = []  # read all along: a full pipe would stall the server (every progress poll is a line)
+
+    def drain() -> None:
+        for line in proc.stdout:
+            log.append(line)
+
+    threading.Thread(target=drain, daemon=True).start()
     try:
         wait_healthy(proc, url)
-        yield url
+        yield url, log
     finally:
         proc.terminate()
         proc.wait(timeout=60)
@@ -154,6 +162,7 @@ def page_pngs(driver, out, selector: str) -> list[np.ndarray]:
 # ---- the test --------------------------------------------------------------------------------------
 def test_page_end_to_end(server, browser, uploads, serving_model_dir, tmp_path_factory):
     d = browser
+    server, server_log = server
     shots = tmp_path_factory.mktemp("web_screenshots")
     print(f"\nscreenshots: {shots}")
     auth = {"Authorization": f"Bearer {TOKEN}"}
@@ -268,6 +277,21 @@ def test_page_end_to_end(server, browser, uploads, serving_model_dir, tmp_path_f
                             "--num 6 --steps 20 --out interpolation.png")
     shot(d, shots, "06-interpolate")
 
+    # -- Cancel: the page drops the request, the server stops the work at its next step ------------------------
+    form = tab(d, "sample")
+    fill(form, "num", 16)
+    fill(form, "steps", 200)
+    out = d.find_element(By.CSS_SELECTOR, '[data-output="sample"]')
+    form.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+    wait_for(d, lambda d: out.find_element(By.CSS_SELECTOR, ".progress-text").text.startswith("step "), 60,
+             "no step progress on the long request")
+    out.find_element(By.CSS_SELECTOR, ".cancel").click()
+    wait_for(d, lambda d: out.find_element(By.CSS_SELECTOR, ".error").text == "Cancelled.", 10, "not cancelled")
+    assert form.find_element(By.CSS_SELECTOR, "button[type=submit]").is_enabled()
+    wait_for(d, lambda d: any(re.search(r"request web-[0-9a-f]+ cancelled \(client disconnected\) at step \d+/200", line)
+                              for line in server_log), 30, "the server did not stop the cancelled work")
+    shot(d, shots, "07-cancelled")
+
     # -- a request the server refuses: its one-line reason on the page, the last result kept -----------------
     form = tab(d, "sample")
     fill(form, "steps", 5000)
@@ -275,7 +299,7 @@ def test_page_end_to_end(server, browser, uploads, serving_model_dir, tmp_path_f
     error = out.find_element(By.CSS_SELECTOR, ".error")
     assert error.is_displayed() and "steps" in error.text and "5000" in error.text, error.text
     assert len(out.find_elements(By.CSS_SELECTOR, ".grid img")) == 10
-    shot(d, shots, "07-error")
+    shot(d, shots, "08-error")
 
     # the page threw nothing (the network log holds the 401s and the 422 provoked above, on purpose)
     problems = [e for e in d.get_log("browser") if e["level"] == "SEVERE" and e["source"] != "network"]

@@ -139,9 +139,17 @@ function makeView(root) {
         : known ? `step ${step} / ${total} · ${secs} s` : `${s}… ${secs} s`;
     },
     finish() { controller = null; el.progress.hidden = true; root.classList.remove("running"); },
-    error(message) { el.error.textContent = message; el.error.hidden = false; },
+    error(message, cancelled = false) {
+      el.error.textContent = message;
+      el.error.hidden = false;
+      el.error.classList.toggle("notice", cancelled); // the user's own doing: no alarm, the results stay current
+      el.results.classList.toggle("stale", !cancelled);
+      el.cli.classList.toggle("stale", !cancelled);
+    },
     show(result, args, note) {
       el.empty.hidden = true;
+      el.results.classList.remove("stale");
+      el.cli.classList.remove("stale");
       el.results.replaceChildren(result);
       // one nowrap span per argument: lines break between arguments, never inside `--steps`
       el.code.replaceChildren(...args.flatMap((arg, i) => [i ? " " : "", node("span", "arg", arg)]));
@@ -165,7 +173,7 @@ async function run(tab, path, body, render, command) {
     const data = await api(path, body, { requestId, signal: ctrl.signal });
     view.show(render(data), command.args, command.note);
   } catch (e) {
-    view.error(e.name === "AbortError" ? "Cancelled." : e.message);
+    view.error(e.name === "AbortError" ? "Cancelled." : e.message, e.name === "AbortError");
   } finally {
     stop();
     view.finish();
