@@ -149,6 +149,16 @@ def parse_models(items: list[str]) -> dict[str, str]:
     return models
 
 
+def _step_counts(text: str) -> tuple[int, ...]:
+    try:
+        counts = tuple(int(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected step counts like 50 or 50,25,10, got {text!r}") from None
+    if not counts or min(counts) < 1:
+        raise argparse.ArgumentTypeError(f"step counts must be positive, got {text!r}")
+    return counts
+
+
 def cmd_report(a: argparse.Namespace) -> int:
     from ldm_system.eval.report import run_report
 
@@ -247,12 +257,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_train_baseline)
     p = sub.add_parser("report", help="compare trained models of every family on the same test images")
     p.add_argument("models", nargs="+", metavar="NAME=MODEL_DIR",
-                   help="an `ldm export` folder or a baseline model folder, e.g. ldm=outputs/demo/model")
+                   help="an `ldm export` folder, a baseline model folder or a stage-1 autoencoder folder (the VAE "
+                        "row), e.g. ldm=outputs/demo/model; FAMILY@MINUTES names (ldm@10) draw training-time curves")
     p.add_argument("--test-shards", required=True, help="held-out image shards (the first --num images are used)")
     p.add_argument("--train-shards", default=None, help="adds a 'data' row: train vs test images, the FD floor")
     p.add_argument("--num", type=int, default=500, help="samples per model and test images for FD")
     p.add_argument("--bpd-images", type=int, default=1000, help="test images for bits/dim (likelihood models)")
-    p.add_argument("--ldm-steps", type=int, default=50)
+    p.add_argument("--ldm-steps", type=_step_counts, default=(50,), metavar="K[,K...]",
+                   help="DDIM steps for diffusion models; several (50,25,10) add rows for the FD-vs-sampling-time curve")
     p.add_argument("--ldm-guidance", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="outputs/report")

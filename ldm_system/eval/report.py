@@ -23,6 +23,7 @@ import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Sequence
 
 import torch
 from PIL import Image, ImageDraw
@@ -30,6 +31,7 @@ from PIL import Image, ImageDraw
 from ldm_system.baselines import registry
 from ldm_system.baselines.common import MODEL_JSON
 from ldm_system.data.stream import first_images
+from ldm_system.eval.curves import budget_table, write_curves
 from ldm_system.eval.features import EFFNET_FD_LABEL, build_feature_extractor
 from ldm_system.eval.ldm_generator import LDMGenerator
 from ldm_system.eval.metrics import frechet_distance_from_features, kernel_inception_distance, precision_recall
@@ -51,6 +53,8 @@ class Row:
     num_samples: int
     kid: float = math.nan
     kid_std: float = math.nan
+    step: int | None = None  # optimizer steps the model was trained for, when its folder says
+    setting: str = ""  # a sampling setting other than the model's main one ("DDIM-10")
     error: str | None = None  # why this model could not be scored (the others still are)
 
 
@@ -175,6 +179,10 @@ def write_report(rows: list[Row], grids: dict[str, torch.Tensor], out: str | Pat
                                                 indent=2) + "\n")
     text = "# Model comparison\n\n" + markdown_table(rows) + "\n\n" + "\n".join(
         f"- {k}: {v}" for k, v in settings.items()) + "\n\nSamples: `samples_<model>.png`; overview: `report.png`.\n"
+    if table := budget_table(rows):
+        text += "\n## Quality against training time\n\n" + table + "\n"
+    for chart in write_curves(rows, out):
+        text += f"\n![{chart.stem}]({chart.name})\n"
     (out / "report.md").write_text(text)
     return out
 
@@ -187,14 +195,48 @@ def _jsonable(d: dict) -> dict:
     return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in d.items()}
 
 
+def _trained_step(path: str | Path) -> int | None:
+    """Optimizer steps recorded in a model folder (ldm.json or baseline.json), if any."""
+    path = Path(path)
+    for meta in (path / LDM_META, path / MODEL_JSON, path / "model" / MODEL_JSON):
+        if meta.is_file():
+            step = json.loads(meta.read_text()).get("step")
+            return int(step) if isinstance(step, int) else None
+    return None
+
+
+def _score(rows: list[Row], grids: dict, name: str, family: str, gen: GenerativeModel, step: int | None,
+           setting: str, score) -> None:
+    try:
+        row, samples = score(name, family, gen)
+    except ValueError as e:  # e.g. non-finite samples: report it, score the other models
+        rows.append(Row(name, family, math.nan, math.nan, math.nan, None, math.nan, 0, error=str(e)))
+        print(f"[{name}] failed: {e}", flush=True)
+        return
+    row.step, row.setting = step, setting
+    rows.append(row)
+    if not setting:
+        grids[name] = samples
+    print(f"[{name}] FD {row.fd:.2f}  KID {1e3 * row.kid:.2f}e-3  P {row.precision:.3f}  R {row.recall:.3f}  "
+          f"bpd {row.bits_per_dim if row.bits_per_dim is not None else '-'}  {row.seconds_per_image:.4f} s/img",
+          flush=True)
+
+
 def run_report(models: dict[str, str], test_shards: str, out: str | Path, num: int = 500, train_shards: str | None = None,
-               seed: int = 0, ldm_steps: int = 50, ldm_guidance: float = 1.0, bpd_images: int = 1000,
+               seed: int = 0, ldm_steps: int | Sequence[int] = 50, ldm_guidance: float = 1.0, bpd_images: int = 1000,
                feature_net: str = "effnet-lite0") -> list[Row]:
-    """Evaluate every NAME -> model folder on the same test images; write report.{md,json,png}."""
+    """Evaluate every NAME -> model folder on the same test images; write report.{md,json,png}.
+
+    `ldm_steps`: one DDIM step count, or several (the first gives each diffusion model's main row,
+    the others rows "NAME (DDIM-k)" for the sampling-time curve). Names `FAMILY@MINUTES` give the
+    training-time curves (`eval/curves.py`)."""
     if not models:
         raise ValueError("give at least one NAME=MODEL_DIR")
+    steps = [ldm_steps] if isinstance(ldm_steps, int) else list(ldm_steps)
+    if not steps or min(steps) < 1:
+        raise ValueError(f"ldm_steps must be one or more positive step counts, got {ldm_steps}")
     size = first_images(test_shards, 1).shape[-1]  # the VAE row samples at the test images' size
-    loaded = {name: load_generator(path, ldm_steps, ldm_guidance, size) for name, path in models.items()}  # fail early
+    loaded = {name: load_generator(path, steps[0], ldm_guidance, size) for name, path in models.items()}  # fail early
     test = first_images(test_shards, max(num, bpd_images))
     net = build_feature_extractor(feature_net)
     test_feats = _features(net, test[:num])
@@ -204,20 +246,18 @@ def run_report(models: dict[str, str], test_shards: str, out: str | Path, num: i
         train = first_images(train_shards, num)
         rows.append(data_row(train, test_feats, net))
         grids[rows[-1].name] = train
+    score = lambda n, fam, g: evaluate(n, fam, g, test, test_feats, net, num, seed=seed, bpd_images=bpd_images)  # noqa: E731
     for name, (family, gen) in loaded.items():
-        try:
-            row, samples = evaluate(name, family, gen, test, test_feats, net, num, seed=seed, bpd_images=bpd_images)
-        except ValueError as e:  # e.g. non-finite samples: report it, score the other models
-            rows.append(Row(name, family, math.nan, math.nan, math.nan, None, math.nan, 0, error=str(e)))
-            print(f"[{name}] failed: {e}", flush=True)
-            continue
-        rows.append(row)
-        grids[name] = samples
-        print(f"[{name}] FD {row.fd:.2f}  P {row.precision:.3f}  R {row.recall:.3f}  "
-              f"bpd {row.bits_per_dim if row.bits_per_dim is not None else '-'}  {row.seconds_per_image:.4f} s/img",
-              flush=True)
+        step = _trained_step(models[name])
+        _score(rows, grids, name, family, gen, step, "", score)
+        if isinstance(gen, LDMGenerator):
+            for k in steps[1:]:
+                gen.steps = k
+                _score(rows, grids, f"{name} (DDIM-{k})", family, gen, step, f"DDIM-{k}", score)
+            gen.steps = steps[0]
     settings = {"samples per model": num, "test images": test_shards, "bits/dim images": min(bpd_images, test.shape[0]),
-                "feature net": feature_net, "seed": seed, "LDM sampler": f"DDIM-{ldm_steps}, guidance {ldm_guidance}",
-                "threads": torch.get_num_threads()}
+                "feature net": feature_net, "seed": seed,
+                "LDM sampler": f"DDIM-{steps[0]} (also {', '.join(map(str, steps[1:]))})" if steps[1:] else f"DDIM-{steps[0]}",
+                "LDM guidance": ldm_guidance, "threads": torch.get_num_threads()}
     write_report(rows, grids, out, settings)
     return rows

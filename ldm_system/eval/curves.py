@@ -1,0 +1,126 @@
+"""Curves, not points: quality against training time and against sampling time, across families.
+
+`ldm report` names each model `NAME=DIR`; a name `FAMILY@MINUTES` (e.g. `gan@10`, `ldm@40`) marks a
+model saved after that many training minutes, so one report holds every family at several budgets
+(`launch/compare.sh` trains them, resuming between budgets). This module turns the scored rows into
+
+- a table per family: minutes, optimizer steps (from the model folder), FD, KID, s/image;
+- `curves.png`: FD against training minutes, one line per family (log-scaled x);
+- `sampling.png`: FD against sampling seconds per image, one line per model — a diffusion model
+  evaluated at several DDIM step counts (`--ldm-steps 50,25,10`: the first is its main row, the
+  others are rows named "NAME (DDIM-k)") draws its speed/quality curve.
+
+The plots are drawn with PIL (no plotting library is a dependency).
+"""
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image, ImageDraw
+
+BUDGET = re.compile(r"^(?P<family>[A-Za-z][\w-]*)@(?P<minutes>\d+(\.\d+)?)$")
+COLOURS = [(31, 119, 180), (214, 39, 40), (44, 160, 44), (148, 103, 189), (255, 127, 14), (23, 190, 207),
+           (140, 86, 75), (127, 127, 127)]
+
+
+def split_budget(name: str) -> tuple[str, float | None]:
+    """`gan@10` → ("gan", 10.0); a name without a budget → (name, None)."""
+    m = BUDGET.match(name)
+    return (m["family"], float(m["minutes"])) if m else (name, None)
+
+
+@dataclass(frozen=True)
+class Point:
+    series: str
+    x: float
+    y: float
+
+
+def line_chart(points: list[Point], path: Path, title: str, xlabel: str, ylabel: str, log_x: bool = False,
+               size: tuple[int, int] = (640, 400)) -> Path:
+    """Lines through each series' points (sorted by x), axes with a few ticks, a legend."""
+    points = [p for p in points if math.isfinite(p.x) and math.isfinite(p.y) and (p.x > 0 or not log_x)]
+    if not points:
+        raise ValueError(f"{title}: no finite points to plot")
+    fx = (lambda v: math.log10(v)) if log_x else (lambda v: v)
+    xs, ys = [fx(p.x) for p in points], [p.y for p in points]
+    x0, x1 = min(xs), max(xs)
+    y0, y1 = 0.0, max(ys) * 1.08
+    if x1 == x0:
+        x0, x1 = x0 - 0.5, x1 + 0.5
+    w, h = size
+    left, right, top, bottom = 64, 150, 34, 46
+    img = Image.new("RGB", size, "white")
+    d = ImageDraw.Draw(img)
+    px = lambda v: left + (fx(v) - x0) / (x1 - x0) * (w - left - right)  # noqa: E731
+    py = lambda v: h - bottom - (v - y0) / (y1 - y0 or 1.0) * (h - top - bottom)  # noqa: E731
+    d.rectangle([left, top, w - right, h - bottom], outline=(0, 0, 0))
+    d.text((left, 10), title, fill="black")
+    d.text(((left + w - right) // 2 - 3 * len(xlabel), h - 18), xlabel, fill="black")
+    d.text((4, top - 14), ylabel, fill="black")
+    for i in range(5):  # y ticks
+        v = y0 + (y1 - y0) * i / 4
+        d.line([left - 4, py(v), left, py(v)], fill="black")
+        d.text((6, py(v) - 6), f"{v:.3g}", fill="black")
+    ticks = sorted({p.x for p in points})
+    for v in ticks:  # x ticks at the measured values
+        d.line([px(v), h - bottom, px(v), h - bottom + 4], fill="black")
+        d.text((px(v) - 8, h - bottom + 6), f"{v:.3g}", fill="black")
+    series = list(dict.fromkeys(p.series for p in points))
+    for k, name in enumerate(series):
+        colour = COLOURS[k % len(COLOURS)]
+        pts = sorted((px(p.x), py(p.y)) for p in points if p.series == name)
+        if len(pts) > 1:
+            d.line(pts, fill=colour, width=2)
+        for x, y in pts:
+            d.ellipse([x - 3, y - 3, x + 3, y + 3], fill=colour)
+        d.line([w - right + 12, top + 8 + 16 * k, w - right + 30, top + 8 + 16 * k], fill=colour, width=3)
+        d.text((w - right + 36, top + 2 + 16 * k), name, fill="black")
+    img.save(path)
+    return path
+
+
+def budget_table(rows) -> str:
+    """Markdown: the rows that carry a budget, by family then minutes."""
+    scored = [(split_budget(r.name.split(" (")[0]), r) for r in rows if r.error is None]
+    scored = [((fam, mins), r) for (fam, mins), r in scored if mins is not None]
+    if not scored:
+        return ""
+    lines = ["| family | minutes | steps | FD-effnet | KID-effnet (×10³) | s / image |", "|---|---|---|---|---|---|"]
+    for (fam, mins), r in sorted(scored, key=lambda t: (t[0][0], t[0][1], t[1].name)):
+        steps = "–" if r.step is None else str(r.step)
+        lines.append(f"| {r.name} | {mins:g} | {steps} | {r.fd:.2f} | {1e3 * r.kid:.2f} ± {1e3 * r.kid_std:.2f} | "
+                     f"{r.seconds_per_image:.4f} |")
+    return "\n".join(lines)
+
+
+def write_curves(rows, out: Path) -> list[Path]:
+    """curves.png (FD vs training minutes) when rows carry several budgets; sampling.png (FD vs s/image)
+    when a model was scored at several sampling settings. Returns the files written."""
+    written = []
+    ok = [r for r in rows if r.error is None and r.family != "data"]
+    budget = []
+    for r in ok:
+        family, minutes = split_budget(r.name)
+        if minutes is not None and not r.setting:
+            budget.append(Point(family, minutes, r.fd))
+    if len({p.x for p in budget}) > 1:
+        written.append(line_chart(budget, out / "curves.png", "FD vs training time (lower is better)",
+                                  "training minutes (log scale)", "FD-effnet", log_x=True))
+    base = lambda r: r.name.split(" (")[0]  # noqa: E731  "ldm@40 (DDIM-10)" belongs to "ldm@40"
+    latest: dict[str, float] = {}  # per family, only its longest-trained model enters the sampling chart
+    for r in ok:
+        family, minutes = split_budget(base(r))
+        latest[family] = max(latest.get(family, -1.0), -1.0 if minutes is None else minutes)
+    sampling = [Point(base(r), r.seconds_per_image, r.fd) for r in ok
+                if (split_budget(base(r))[1] or -1.0) == latest[split_budget(base(r))[0]]]
+    if any(r.setting for r in ok):
+        written.append(line_chart(sampling, out / "sampling.png", "FD vs sampling time (lower is better)",
+                                  "seconds per image (log scale)", "FD-effnet", log_x=True))
+    return written
+
+
+__all__ = ["Point", "budget_table", "line_chart", "split_budget", "write_curves"]

@@ -1,0 +1,67 @@
+"""Curves across budgets and sampling settings: names, tables, and the PNG charts."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from PIL import Image
+
+from ldm_system.eval.curves import Point, budget_table, line_chart, split_budget, write_curves
+from ldm_system.eval.report import Row
+
+
+def _row(name, fd, family="gan", step=None, setting="", spi=0.01):
+    return Row(name, family, fd, 0.5, 0.5, None, spi, 100, kid=fd / 1e4, kid_std=1e-5, step=step, setting=setting)
+
+
+def test_budget_names():
+    assert split_budget("gan@10") == ("gan", 10.0) and split_budget("ldm-f4@2.5") == ("ldm-f4", 2.5)
+    assert split_budget("ldm") == ("ldm", None) and split_budget("gan@x") == ("gan@x", None)
+
+
+def test_budget_table_and_charts(tmp_path):
+    rows = [_row("data (train vs test)", 20.0, family="data"),
+            _row("gan@5", 120.0, step=300), _row("gan@10", 90.0, step=610),
+            _row("ldm@5", 80.0, "ldm", 150), _row("ldm@10", 50.0, "ldm", 320, spi=0.2),
+            _row("ldm@10 (DDIM-10)", 70.0, "ldm", 320, "DDIM-10", spi=0.04),
+            _row("broken@5", float("nan"), "flow")]
+    rows[-1].error = "NaN samples"
+    table = budget_table(rows)
+    assert "| gan@10 | 10 | 610 | 90.00 | 9.00 ± 0.01 | 0.0100 |" in table
+    assert table.index("gan@5") < table.index("gan@10") < table.index("ldm@5") and "broken" not in table
+    written = write_curves(rows, tmp_path)
+    assert [p.name for p in written] == ["curves.png", "sampling.png"]
+    img = Image.open(tmp_path / "curves.png").convert("RGB")
+    colours = {c for _, c in img.getcolors(1 << 20)}
+    assert (31, 119, 180) in colours and (214, 39, 40) in colours  # one line per family
+    assert write_curves(rows[:2], tmp_path / "none") == []  # one budget: no curve to draw
+
+
+def test_chart_refuses_nothing_to_plot(tmp_path):
+    with pytest.raises(ValueError, match="no finite points"):
+        line_chart([Point("a", float("nan"), 1.0)], tmp_path / "x.png", "t", "x", "y")
+
+
+def test_report_over_budgets_end_to_end(tmp_path):
+    """Two VAE folders named by budget: report.md gets the table and the training-time chart."""
+    from autoencoders.config import AutoencoderConfig
+    from autoencoders.factory import build_autoencoder
+    from autoencoders.io import save_autoencoder
+    from ldm_system.data.pack import pack
+    from ldm_system.eval.report import run_report
+
+    pack("builtin:fashion-mnist", tmp_path / "test", image_size=32, split="test", limit=40, shard_size=40)
+    cfg = AutoencoderConfig(kind="kl", in_channels=1, channels=(8, 16, 16), f=4, latent_channels=3,
+                            layers_per_block=1, norm_groups=8)
+    models = {}
+    for minutes in (1, 2):
+        torch.manual_seed(minutes)
+        save_autoencoder(build_autoencoder(cfg), cfg, 1.0, tmp_path / f"vae{minutes}")
+        models[f"vae@{minutes}"] = str(tmp_path / f"vae{minutes}")
+    rows = run_report(models, str(tmp_path / "test"), tmp_path / "out", num=20, bpd_images=20)
+    assert [r.name for r in rows] == ["vae@1", "vae@2"] and all(r.family == "vae" for r in rows)
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert "## Quality against training time" in md and "![curves](curves.png)" in md
+    assert (tmp_path / "out" / "curves.png").exists()
+    assert json.loads((tmp_path / "out" / "report.json").read_text())["rows"][0]["setting"] == ""
