@@ -33,38 +33,64 @@ def images_of(item):
     return item if isinstance(item, torch.Tensor) else getattr(item, "images", item)
 
 
-@torch.no_grad()
-def measure_latent_scale(
-    ae: Autoencoder, images_iter: Iterable, max_batches: int = 50, sample: bool = True
-) -> float:
-    """1 / std of the latents over up to `max_batches` batches of training images.
+class _Moments:
+    """Running mean and variance of every element seen, in float64."""
 
-    The diffusion model then sees z * scale with unit variance (LDM sec. 4.3 / appendix G, the
-    "scale factor"). KL: by default posterior samples, which is what a diffusion model trained on
-    sampled latents sees (`sample=False` uses the posterior mode; with small KL weights the two
-    agree closely). VQ: the continuous pre-quantization latents. The std is taken over all latent
-    elements around their global mean, accumulated in float64.
+    def __init__(self) -> None:
+        self.total, self.total_sq, self.count = 0.0, 0.0, 0
+
+    def add(self, z: torch.Tensor) -> None:
+        z = z.double()
+        self.total += z.sum().item()
+        self.total_sq += z.pow(2).sum().item()
+        self.count += z.numel()
+
+    def inverse_std(self) -> float:
+        if self.count < 2:
+            raise ValueError("measure_latent_scale got no images (empty iterator?)")
+        mean = self.total / self.count
+        var = (self.total_sq - self.count * mean * mean) / (self.count - 1)
+        if not var > 0 or not math.isfinite(var):
+            raise ValueError(f"latent variance is {var}; cannot derive a latent scale")
+        return 1.0 / math.sqrt(var)
+
+
+@torch.no_grad()
+def measure_latent_scales(ae: Autoencoder, images_iter: Iterable, max_batches: int = 50) -> dict[str, float]:
+    """1 / std of the latents over up to `max_batches` batches of training images, for each latent a
+    diffusion model may train on: {"mode": s_mode, "sample": s_sample} (KL: the posterior mean, and a
+    posterior sample drawn from the same pass), {"mode": s} (VQ: the pre-quantization latents).
+
+    The diffusion model then sees z · s with unit variance (LDM sec. 4.3 / appendix G, the "scale
+    factor"), as long as it trains on the kind of latent s was measured on: an under-trained KL
+    autoencoder's posterior variance can dwarf the spread of its means (sample std ≫ mode std).
+    The std is taken over all latent elements around their global mean.
     """
     if max_batches < 1:
         raise ValueError(f"max_batches must be >= 1, got {max_batches}")
     was_training = ae.training
     ae.eval()
     device = next(ae.parameters()).device
-    total, total_sq, count = 0.0, 0.0, 0
+    mode, sample = _Moments(), _Moments()
     try:
         for i, item in enumerate(images_iter):
             if i >= max_batches:
                 break
-            z = ae.encode_latents(images_of(item).to(device), sample=sample).double()
-            total += z.sum().item()
-            total_sq += z.pow(2).sum().item()
-            count += z.numel()
+            x = images_of(item).to(device)
+            if ae.kind == "kl":
+                posterior = ae.encode(x)
+                mode.add(posterior.mode())
+                sample.add(posterior.sample())
+            else:
+                mode.add(ae.encode_latents(x))
     finally:
         ae.train(was_training)
-    if count < 2:
-        raise ValueError("measure_latent_scale got no images (empty iterator?)")
-    mean = total / count
-    var = (total_sq - count * mean * mean) / (count - 1)
-    if not var > 0 or not math.isfinite(var):
-        raise ValueError(f"latent variance is {var}; cannot derive a latent scale")
-    return 1.0 / math.sqrt(var)
+    return {"mode": mode.inverse_std(), **({"sample": sample.inverse_std()} if sample.count else {})}
+
+
+def measure_latent_scale(
+    ae: Autoencoder, images_iter: Iterable, max_batches: int = 50, sample: bool = True
+) -> float:
+    """The scale of posterior samples (`sample=True`) or of the mode (`measure_latent_scales`)."""
+    scales = measure_latent_scales(ae, images_iter, max_batches)
+    return scales["sample"] if sample and "sample" in scales else scales["mode"]

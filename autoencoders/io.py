@@ -1,7 +1,8 @@
 """Autoencoder checkpoints: a folder with
 
     model.safetensors    the autoencoder's state dict (parameters and buffers)
-    autoencoder.json     {"format": 1, "kind", "config": AutoencoderConfig fields, "latent_scale"}
+    autoencoder.json     {"format": 1, "kind", "config": AutoencoderConfig fields, "latent_scale",
+                          KL: "sample_latent_scale"}   (scales of the posterior mode and of samples)
 
 The latent scale is part of the checkpoint, so nothing downstream hard-codes one. KL models also
 export to the diffusers format (`AutoencoderKL.from_pretrained(dir)` loads it), with the measured
@@ -33,8 +34,13 @@ class CheckpointMismatchError(ValueError):
 @dataclass(frozen=True)
 class AutoencoderMeta:
     config: AutoencoderConfig
-    latent_scale: float
+    latent_scale: float  # 1/std of the latents `ldm data encode` stores (KL: the posterior mode)
     format: int = FORMAT_VERSION
+    sample_latent_scale: float | None = None  # KL: 1/std of posterior samples (None: not measured)
+
+    def scale_for(self, sample_posterior: bool) -> float:
+        """The scale that gives unit std to what stage 2 trains on: posterior samples or the mode."""
+        return self.sample_latent_scale if sample_posterior and self.sample_latent_scale else self.latent_scale
 
     @property
     def kind(self) -> str:
@@ -64,8 +70,10 @@ def _check_scale(latent_scale: float) -> float:
     return scale
 
 
-def save_autoencoder(ae: Autoencoder, cfg: AutoencoderConfig, latent_scale: float, path: str | Path) -> Path:
-    """Write `model.safetensors` + `autoencoder.json` into the folder `path` (created if needed)."""
+def save_autoencoder(ae: Autoencoder, cfg: AutoencoderConfig, latent_scale: float, path: str | Path,
+                     sample_latent_scale: float | None = None) -> Path:
+    """Write `model.safetensors` + `autoencoder.json` into the folder `path` (created if needed).
+    `latent_scale` is the posterior mode's scale, `sample_latent_scale` (KL) the samples' one."""
     if ae.cfg != cfg:
         raise CheckpointMismatchError("save_autoencoder: cfg differs from the config the model was built with")
     scale = _check_scale(latent_scale)
@@ -74,6 +82,8 @@ def save_autoencoder(ae: Autoencoder, cfg: AutoencoderConfig, latent_scale: floa
     state = {k: v.detach().cpu().contiguous() for k, v in ae.state_dict().items()}
     save_file(state, str(path / WEIGHTS_FILE), metadata={"format": str(FORMAT_VERSION), "kind": cfg.kind})
     meta = {"format": FORMAT_VERSION, "kind": cfg.kind, "config": asdict(cfg), "latent_scale": scale}
+    if sample_latent_scale is not None:
+        meta["sample_latent_scale"] = _check_scale(sample_latent_scale)
     (path / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
     return path
 
@@ -89,7 +99,9 @@ def read_meta(path: str | Path) -> AutoencoderMeta:
     cfg = config_from_dict(raw["config"])
     if raw.get("kind") != cfg.kind:
         raise CheckpointMismatchError(f"{meta_file}: kind {raw.get('kind')!r} disagrees with config kind {cfg.kind!r}")
-    return AutoencoderMeta(config=cfg, latent_scale=_check_scale(raw["latent_scale"]))
+    sample = raw.get("sample_latent_scale")
+    return AutoencoderMeta(config=cfg, latent_scale=_check_scale(raw["latent_scale"]),
+                           sample_latent_scale=None if sample is None else _check_scale(sample))
 
 
 def _config_diff(a: AutoencoderConfig, b: AutoencoderConfig) -> list[str]:

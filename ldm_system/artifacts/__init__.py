@@ -4,7 +4,8 @@
     CHECKPOINT / RUN   read_stage2          checkpoints.py
     EXPORT, DIFFUSERS_PIPELINE  load_exported_ldm   exported.py
     DIFFUSERS_MODEL (UNet)      read_unet_folder    diffusers_unet.py
-    STAGE1, DIFFUSERS_MODEL (AutoencoderKL/VQModel) autoencoders.io.load_autoencoder
+    STAGE1, DIFFUSERS_MODEL (AutoencoderKL/VQModel) autoencoders.io.load_autoencoder;
+                                with the latent scales (mode, sample; measured when missing) load_stage1  latent_scale.py
     BASELINE                    ldm_system.baselines.registry (family loaders)
 
 It sits at the bottom of `ldm_system`: models, diffusion configs and `autoencoders` below it;

@@ -57,7 +57,7 @@ def load_exported_ldm(path: str | Path, device: str | torch.device = "cpu") -> E
     codec = LatentCodec.identity()
     if meta.get("has_autoencoder"):
         with _weights_of(path / "autoencoder"):
-            codec = LatentCodec.from_checkpoint(path / "autoencoder", sample_posterior=False)
+            codec = _run_codec(path / "autoencoder", float(meta["latent_scale"]))
     if abs(codec.scale - float(meta["latent_scale"])) > 1e-6 * max(1.0, codec.scale):
         raise ValueError(f"{path}: latent scale in {LDM_META} ({meta['latent_scale']}) differs from the "
                          f"autoencoder's ({codec.scale})")
@@ -71,6 +71,17 @@ def load_exported_ldm(path: str | Path, device: str | torch.device = "cpu") -> E
     denoiser = Denoiser(ucfg, unet).to(device).eval().requires_grad_(False)
     codec.to(device)
     return ExportedLDM(denoiser, codec, dcfg, tuple(meta.get("classes", [])), text, grid)
+
+
+def _run_codec(folder: Path, run_scale: float) -> LatentCodec:
+    """The exported autoencoder at the scale the model trained with: its mode's, or (a run on
+    posterior samples) its samples' one; another scale is left for the caller's mismatch check."""
+    from autoencoders.io import load_autoencoder
+
+    ae, meta = load_autoencoder(folder)
+    stored = [s for s in (meta.latent_scale, meta.sample_latent_scale) if s]
+    scale = next((s for s in stored if abs(s - run_scale) <= 1e-6 * max(1.0, s)), meta.latent_scale)
+    return LatentCodec(ae, scale, sample_posterior=False)
 
 
 def load_diffusers_pipeline(path: Path, device: str | torch.device = "cpu") -> ExportedLDM:

@@ -11,8 +11,11 @@ What is stored (the choice, and why):
 - `cls`, `txt` and (bucketed shards) the `json` placement record are carried over unchanged, keys
   are preserved.
 
-The manifest's `meta` records the autoencoder path, its kind, the latent scale and the latent
-shape, so stage 2 never needs a literal scale.
+The manifest's `meta` records the autoencoder path, its kind, the latent scales (`latent_scale`: the
+mode's, which `latent.npy`, `mean.npy` and `logvar.npy` are scaled by; KL: `sample_latent_scale`, the
+one stage 2 uses with `data.sample_posterior`; see ldm_system/artifacts/latent_scale.py) and the
+latent shape, so stage 2 never needs a literal scale. A diffusers VAE without a `scaling_factor` (or
+with diffusers' default that does not fit) gets its scales measured on the images being encoded.
 
 Bucketed image shards (`ldm data pack --buckets`) keep their shapes: the stream hands out one bucket
 per batch, each latent is stored at its own (c, h/f, w/f), and `meta["buckets"]` lists the latent
@@ -57,13 +60,19 @@ def encode_shards(
 ) -> Manifest:
     """With `text_encoder` (a local CLIP text model folder), each caption's states are cached next to
     its latent (text_cache.py)."""
-    from autoencoders.io import load_autoencoder
+    from ldm_system.artifacts.latent_scale import load_stage1
 
     src = read_manifest(shards)
     if src.kind != "images":
         raise ValueError(f"{shards}: holds {src.kind}, `ldm data encode` needs image shards")
     check_out_dir(Path(out_dir), overwrite)  # before loading the autoencoder: a mistake shows at once
-    ae, meta = load_autoencoder(autoencoder, device=device)
+
+    def stream():
+        return make_loader(StreamConfig(shards=str(shards), batch_size=batch_size, num_workers=num_workers,
+                                        infinite=False, shuffle_buffer=0, shard_shuffle=False))
+
+    # a diffusers folder without a (fitting) scaling_factor gets both scales measured on these images
+    ae, meta, scales = load_stage1(autoencoder, lambda: iter(stream()), device=device)
     cfg = meta.config
     if src.channels != cfg.in_channels:
         raise ValueError(f"{shards} holds {src.channels}-channel images; the autoencoder expects {cfg.in_channels}")
@@ -75,17 +84,13 @@ def encode_shards(
                              f"repack with a --bucket-step that is a multiple of {cfg.f}")
     elif src.image_size is None or src.image_size % cfg.f:
         raise ValueError(f"{shards}: image size {src.image_size} is not a multiple of the autoencoder's f={cfg.f}")
-    scale = float(meta.latent_scale)
+    scale = scales.mode  # latent.npy = z · scale: the posterior mode at unit std
     text = TextCache(text_encoder, text_max_length, device) if text_encoder else None
-    stream = make_loader(
-        StreamConfig(shards=str(shards), batch_size=batch_size, num_workers=num_workers, infinite=False,
-                     shuffle_buffer=0, shard_shuffle=False)
-    )
     log_s2 = 2.0 * math.log(scale)
     bar = tqdm(total=src.num_samples, desc="encode", disable=not progress)
     latent_counts: dict[tuple[int, int], int] = {}  # (w, h) of the latents -> samples
     with ShardWriter(Path(out_dir), shard_size, overwrite=overwrite) as w:
-        for batch in stream:
+        for batch in stream():
             images = batch.images.to(device).float()
             entries = []
             if cfg.kind == "kl":
@@ -137,7 +142,7 @@ def encode_shards(
             meta={
                 "autoencoder": str(Path(autoencoder).resolve()),
                 "autoencoder_kind": cfg.kind,
-                "latent_scale": scale,
+                **scales.manifest_meta(),  # latent_scale (mode), sample_latent_scale (KL), measured or stored
                 "latent_shape": latent_shape,
                 "image_size": src.image_size,
                 "image_channels": src.channels,

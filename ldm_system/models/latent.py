@@ -16,10 +16,13 @@ from torch import nn
 
 
 class LatentCodec:
-    def __init__(self, autoencoder: nn.Module | None, scale: float, sample_posterior: bool = True) -> None:
+    def __init__(self, autoencoder: nn.Module | None, scale: float, sample_posterior: bool = True,
+                 stored_scale: float | None = None) -> None:
         if not (scale > 0 and torch.isfinite(torch.tensor(scale))):
             raise ValueError(f"latent scale must be a positive finite number, got {scale}")
         self.ae, self.scale, self.sample_posterior = autoencoder, float(scale), sample_posterior
+        # latent shards hold z · stored_scale (the mode's); a run on posterior samples uses another scale
+        self.stored_scale = float(stored_scale or scale)
         if self.ae is not None:
             self.ae.eval().requires_grad_(False)
 
@@ -44,6 +47,10 @@ class LatentCodec:
     @property
     def is_identity(self) -> bool:
         return self.ae is None
+
+    def from_stored(self, z: torch.Tensor) -> torch.Tensor:
+        """Latents as the shards store them (z · stored_scale) → z · scale, what this run trains on."""
+        return z if self.stored_scale == self.scale else z * (self.scale / self.stored_scale)
 
     @torch.no_grad()
     def encode(self, images: torch.Tensor) -> torch.Tensor:

@@ -31,6 +31,7 @@ from ldm_system.models.lora import LoRAConfig, add_lora
 from ldm_system.models.text import TextEncoder, check_cross_attention_dim, drop_captions, drop_states
 from ldm_system.models.unet import Denoiser, UNetConfig
 from ldm_system.train.diffusion_preview import draw_preview, preview_buckets
+from ldm_system.train.latent_check import LatentStdCheck
 from ldm_system.train.preview_grid import LabelledGrid
 
 
@@ -87,6 +88,8 @@ class DiffusionTask:
         if preview.classes or preview.prompts:  # before training: a class the data lacks stops the run now
             self._columns(())
         self._metrics: dict[str, float] = {}
+        self.scale_check = None if codec.is_identity and input_kind == "image" else LatentStdCheck(
+            f"latent scale {codec.scale:.5g} on {'posterior samples' if codec.sample_posterior else 'the posterior mode'}")
         self.device = torch.device("cpu")
 
     # ---- engine protocol -------------------------------------------------------------------
@@ -113,7 +116,7 @@ class DiffusionTask:
     def latents(self, batch: Any) -> torch.Tensor:
         """Scaled latents x₀ (B, c, h, w) for this batch."""
         x = batch.images.float()
-        return x if self.input_kind == "latent" else self.codec.encode(x)
+        return self.codec.from_stored(x) if self.input_kind == "latent" else self.codec.encode(x)
 
     def condition(self, batch: Any) -> torch.Tensor | None:
         kind = self.unet_cfg.conditioning
@@ -147,6 +150,8 @@ class DiffusionTask:
         d = self.diff_cfg
         loss = diffusion_loss(out, x0, noise, t, self.schedule, d.prediction_type, d.loss_weighting, d.min_snr_gamma).mean()
         self._metrics = {"latent_std": float(x0.std())}
+        if self.scale_check is not None:
+            self.scale_check.update(x0)
         yield "unet", loss
 
     def metrics(self) -> dict[str, float]:

@@ -17,6 +17,7 @@ import torch
 from autoencoders.config import AutoencoderConfig, DiscriminatorConfig, LossConfig, Stage1Config, Stage1OptimConfig
 from ldm_system.data.buckets import check_latent_buckets
 from ldm_system.data.manifest import read_manifest
+from ldm_system.artifacts.latent_scale import LatentScales
 from ldm_system.data.stream import StreamConfig, make_loader
 from ldm_system.diffusion.config import DiffusionConfig
 from ldm_system.models.latent import LatentCodec
@@ -64,7 +65,7 @@ def stream_factory(cfg: StreamConfig):
 # ---- stage 1 ------------------------------------------------------------------------------
 def run_autoencoder(cfg: AERunConfig, resume: str | None = None, resume_weights_only: bool = False) -> Path:
     """Train, then (rank 0) measure the latent scale and write `run/autoencoder/` (+ diffusers export)."""
-    from autoencoders.factory import measure_latent_scale
+    from autoencoders.factory import measure_latent_scales
     from autoencoders.io import export_diffusers, save_autoencoder
     from autoencoders.stage1 import Stage1Task
 
@@ -77,11 +78,13 @@ def run_autoencoder(cfg: AERunConfig, resume: str | None = None, resume_weights_
     if acc.is_main_process:
         ae = trainer.raw["ae"].eval()
         probe = dataclasses.replace(cfg.data, num_workers=0, infinite=False, flip=False)
-        scale = measure_latent_scale(ae, iter(make_loader(probe)), max_batches=cfg.scale_batches)
-        save_autoencoder(ae, cfg.model, scale, out)
+        # both: stage 2 trains on the posterior mode, or on samples with data.sample_posterior
+        scales = measure_latent_scales(ae, iter(make_loader(probe)), max_batches=cfg.scale_batches)
+        save_autoencoder(ae, cfg.model, scales["mode"], out, scales.get("sample"))
         if cfg.model.kind == "kl":
-            export_diffusers(ae, scale, out / "diffusers")
-        trainer.log.info(f"latent scale {scale:.5f}; autoencoder written to {out}")
+            export_diffusers(ae, scales["mode"], out / "diffusers")
+        trainer.log.info(f"latent scale {', '.join(f'{k} {v:.5f}' for k, v in scales.items())}; "
+                         f"autoencoder written to {out}")
     trainer.close()
     return out
 
@@ -103,29 +106,29 @@ def _data_codec(cfg: LDMRunConfig):
         ae_path = manifest.meta.get("autoencoder", "")
         if cfg.autoencoder and Path(cfg.autoencoder).resolve() != Path(ae_path).resolve():
             raise ValueError(f"latent shards were encoded with {ae_path}, but autoencoder={cfg.autoencoder}")
-        codec = LatentCodec.from_checkpoint(ae_path) if ae_path and Path(ae_path).exists() else None
-        scale = float(manifest.meta["latent_scale"])
-        if codec is not None and abs(codec.scale - scale) > 1e-6 * scale:
-            raise ValueError(f"manifest latent scale {scale} differs from the autoencoder's {codec.scale}")
-        if codec is None:  # previews show raw latents when the autoencoder is not around
-            codec = LatentCodec.identity()
+        scales = LatentScales.of_manifest(manifest.meta)  # latent.npy = z · scales.mode
+        used = scales.for_posterior(cfg.data.sample_posterior)  # unit std for what this run reads
+        ae = None
+        if ae_path and Path(ae_path).exists():  # else previews show raw latents
+            from autoencoders.io import load_autoencoder
+
+            ae, meta = load_autoencoder(ae_path, scale_from=lambda _: scales.mode)  # a folder without one: measured
+            if not scales.measured and abs(meta.latent_scale - scales.mode) > 1e-6 * scales.mode:
+                raise ValueError(f"manifest latent scale {scales.mode} differs from the autoencoder's {meta.latent_scale}")
+        codec = LatentCodec(ae, used, sample_posterior=cfg.data.sample_posterior, stored_scale=scales.mode)
         return codec, "latent", list(manifest.meta["latent_shape"]), ae_path, manifest
     if manifest.image_size is None:
         raise ValueError(f"{cfg.data.shards}: images of mixed sizes; pack with --image-size")
     size = cfg.data.image_size or manifest.image_size
     if not cfg.autoencoder:
         return LatentCodec.identity(), "image", [cfg.data.channels or manifest.channels, size, size], "", manifest
-    codec = LatentCodec.from_checkpoint(cfg.autoencoder, scale_from=lambda ae: _measure_scale(ae, cfg.data))
+    from ldm_system.artifacts.latent_scale import load_stage1
+
+    probe = dataclasses.replace(cfg.data, num_workers=0, infinite=False, flip=False)
+    ae, _, scales = load_stage1(cfg.autoencoder, lambda: iter(make_loader(probe)))
+    codec = LatentCodec(ae, scales.for_posterior(True), sample_posterior=True)  # online encoding draws samples
     f, c = codec.ae.cfg.f, codec.ae.cfg.latent_channels
     return codec, "image", [c, size // f, size // f], str(Path(cfg.autoencoder).resolve()), manifest
-
-
-def _measure_scale(ae, data: StreamConfig, batches: int = 8) -> float:
-    """1/std of the latents of the run's own images: the scale of a diffusers autoencoder that names none."""
-    from autoencoders.factory import measure_latent_scale
-
-    probe = dataclasses.replace(data, num_workers=0, infinite=False, flip=False)
-    return measure_latent_scale(ae, iter(make_loader(probe)), max_batches=batches)
 
 
 def _manifest_folder(spec: str) -> str:
