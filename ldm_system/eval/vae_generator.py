@@ -29,7 +29,7 @@ class VAEPriorGenerator:
         if image_size % cfg.f:
             raise ValueError(f"{path}: image size {image_size} is not a multiple of the autoencoder's f = {cfg.f}")
         self.ae, self.device = ae, torch.device(device)
-        self.std = 1.0 if prior == "standard" else 1.0 / meta.latent_scale
+        self.std = 1.0 if prior == "standard" else 1.0 / meta.scale_for(sample_posterior=True)  # posterior samples' std
         self.image_shape = (cfg.in_channels, image_size, image_size)
         self.latent_shape = (cfg.latent_channels, image_size // cfg.f, image_size // cfg.f)
 
