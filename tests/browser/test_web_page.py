@@ -102,6 +102,13 @@ def uploads(tmp_path_factory) -> Path:
     return folder
 
 
+@pytest.fixture(scope="module")
+def shots(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("web_screenshots")
+    print(f"\nscreenshots: {folder}")
+    return folder
+
+
 # ---- helpers ---------------------------------------------------------------------------------------
 def wait_for(driver, condition, timeout: float = 180, what: str = ""):
     return WebDriverWait(driver, timeout, poll_frequency=0.05).until(lambda d: condition(d), message=what)
@@ -160,11 +167,9 @@ def page_pngs(driver, out, selector: str) -> list[np.ndarray]:
 
 
 # ---- the test --------------------------------------------------------------------------------------
-def test_page_end_to_end(server, browser, uploads, serving_model_dir, tmp_path_factory):
+def test_page_end_to_end(server, browser, uploads, serving_model_dir, shots):
     d = browser
     server, server_log = server
-    shots = tmp_path_factory.mktemp("web_screenshots")
-    print(f"\nscreenshots: {shots}")
     auth = {"Authorization": f"Bearer {TOKEN}"}
 
     # -- the token: asked at once, a wrong one is refused and asked again, then kept for the tab ------------
@@ -308,3 +313,60 @@ def test_page_end_to_end(server, browser, uploads, serving_model_dir, tmp_path_f
     assert readme_shot.stat().st_size < 200_000, f"{readme_shot}: {readme_shot.stat().st_size} bytes"
     if os.environ.get("LDM_WEB_SCREENSHOT"):
         shutil.copyfile(readme_shot, os.environ["LDM_WEB_SCREENSHOT"])
+
+
+@pytest.fixture(scope="module")
+def text_server(tmp_path_factory):
+    """A text-conditioned model (untrained tiny UNet, random CLIP) served in this process, without a token."""
+    from ldm_system.diffusion.config import DiffusionConfig
+    from ldm_system.models.latent import LatentCodec
+    from ldm_system.models.text import TextEncoder, save_random_text_encoder
+    from ldm_system.models.unet import Denoiser, UNetConfig
+    from ldm_system.serving.pipeline import LDMPipeline
+    from ldm_system.serving.server import create_app
+    from serving_http import running_server
+
+    clip = save_random_text_encoder(tmp_path_factory.mktemp("clip"), hidden_size=32, max_length=16)
+    unet = UNetConfig(sample_size=8, in_channels=3, block_out_channels=(16, 32), attention_levels=(False, True),
+                      layers_per_block=1, attention_head_dim=4, norm_num_groups=8, conditioning="text",
+                      cross_attention_dim=32)
+    pipe = LDMPipeline(Denoiser(unet), LatentCodec.identity(), DiffusionConfig(),
+                       text=TextEncoder.from_pretrained(clip, max_length=16))
+    with running_server(create_app(pipe)) as url:
+        yield url
+
+
+def test_page_on_a_text_model_without_a_token(text_server, browser, shots):
+    """Prompts instead of class menus, prompts in the commands (shell-quoted), no token asked."""
+    d = browser
+    d.get(text_server + "/")  # another port, another origin: no token kept from the other test
+    wait_for(d, lambda d: d.find_elements(By.CSS_SELECTOR, "body.ready"), 30, "the page did not get ready")
+    assert not d.find_elements(By.CSS_SELECTOR, "#token-dialog[open]")
+    assert "text-conditioned" in d.find_element(By.ID, "model-info").text
+    form = tab(d, "sample")
+    assert not form.find_element(By.NAME, "class").is_displayed() and form.find_element(By.NAME, "prompt").is_displayed()
+    fill(form, "prompt", "a sandal")
+    fill(form, "num", 4)
+    fill(form, "steps", 3)
+    _, out = submit(d, "sample")
+    assert image_sizes(d, out, ".grid img") == [[8, 8]] * 4, out.text
+    assert command(out) == ("ldm sample --model MODEL --num 4 --prompt 'a sandal' --sampler ddim --steps 3 "
+                            "--guidance 3 --seed 0 --out samples.png")
+    # a sample becomes the input of the edit tabs
+    d.find_elements(By.CSS_SELECTOR, ".grid .tile")[1].click()
+    out.find_element(By.CSS_SELECTOR, '[data-use="input"]').click()
+
+    form = tab(d, "edit")
+    assert form.find_element(By.CSS_SELECTOR, '.picker-name').text == "sample_seed0_1.png"
+    assert not form.find_element(By.NAME, "source_class").is_displayed()
+    fill(form, "source_prompt", "a sneaker")
+    fill(form, "target_prompt", "it's a sandal")
+    fill(form, "steps", 3)
+    assert form.find_element(By.NAME, "keep_out").text == "3 of 3"  # the slider follows the steps down
+    _, out = submit(d, "edit")
+    assert image_sizes(d, out, ".pair-view img") == [[8, 8], [8, 8]], out.text
+    cmd = command(out)
+    assert cmd == ("ldm edit --model MODEL sample_seed0_1.png --source-prompt 'a sneaker' "
+                   "--target-prompt 'it'\\''s a sandal' --keep-steps 3 --steps 3 --out edit")
+    assert shlex.split(cmd)[8] == "it's a sandal"
+    shot(d, shots, "09-text-edit")
