@@ -140,6 +140,7 @@ function makeView(root) {
     },
     finish() { controller = null; el.progress.hidden = true; root.classList.remove("running"); },
     error(message, cancelled = false) {
+      el.empty.hidden = true;
       el.error.textContent = message;
       el.error.hidden = false;
       el.error.classList.toggle("notice", cancelled); // the user's own doing: no alarm, the results stay current
@@ -615,6 +616,7 @@ async function main() {
   $$(".picker").forEach(makePicker);
   for (const t of $$(".tabs [role=tab]")) t.addEventListener("click", () => showTab(t.dataset.tab));
   showTab(location.hash.slice(1));
+  window.addEventListener("hashchange", () => showTab(location.hash.slice(1)));
   wireSliders();
   wireForms();
   $("#token-button").hidden = !state.token;
