@@ -4,6 +4,7 @@
     ldm data encode --autoencoder CKPT SHARDS OUT_DIR
     ldm train-ae --config configs/autoencoder/kl-f4.yaml [--set k=v ...] [--resume latest]
     ldm eval-ae --autoencoder CKPT SHARDS
+    ldm eval train-classifier TRAIN_SHARDS --test-shards TEST --out DIR
     ldm train --config configs/ldm/fmnist-kl-f4.yaml [--set ...] [--resume latest] [--init-from SRC]
     ldm export CKPT OUT_DIR [--raw]
     ldm sample | invert | edit | interpolate | serve   (see ldm_system/serving/)
@@ -159,12 +160,23 @@ def _step_counts(text: str) -> tuple[int, ...]:
     return counts
 
 
+def cmd_train_classifier(a: argparse.Namespace) -> int:
+    from ldm_system.eval.classifier import train_classifier
+
+    if a.epochs < 1 or a.limit < 1:
+        raise ValueError(f"--epochs and --limit must be >= 1, got {a.epochs} and {a.limit}")
+    meta = train_classifier(a.train_shards, a.test_shards, a.out, epochs=a.epochs, limit=a.limit)
+    print(f"classifier: test accuracy {meta['test_accuracy']:.4f} on {meta['test_images']} images "
+          f"({meta['train_images']} training images, {meta['epochs']} epochs, {meta['train_seconds']} s) → {a.out}")
+    return 0
+
+
 def cmd_report(a: argparse.Namespace) -> int:
     from ldm_system.eval.report import run_report
 
     models = parse_models(a.models)
     run_report(models, a.test_shards, a.out, num=a.num, train_shards=a.train_shards, seed=a.seed,
-               ldm_steps=a.ldm_steps, ldm_guidance=a.ldm_guidance, bpd_images=a.bpd_images)
+               ldm_steps=a.ldm_steps, ldm_guidance=a.ldm_guidance, bpd_images=a.bpd_images, classifier=a.classifier)
     print(f"report: {Path(a.out) / 'report.md'} (figure: {Path(a.out) / 'report.png'})")
     return 0
 
@@ -232,6 +244,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", default=None, help="also write the report here")
     p.set_defaults(fn=cmd_eval_ae)
 
+    ev = sub.add_parser("eval", help="evaluation tools").add_subparsers(dest="eval_command", required=True)
+    p = ev.add_parser("train-classifier", help="train the small classifier that `ldm report --classifier` scores "
+                                               "conditional models with; prints its test accuracy")
+    p.add_argument("train_shards", help="labelled image shards")
+    p.add_argument("--test-shards", required=True, help="labelled held-out shards (its accuracy is measured there)")
+    p.add_argument("--out", required=True, help="folder for classifier.safetensors + classifier.json")
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--limit", type=int, default=60000, help="training images used (the first ones)")
+    p.set_defaults(fn=cmd_train_classifier)
+
     p = sub.add_parser("train", help="stage 2: train the diffusion UNet")
     _add_config_args(p)
     p.add_argument("--init-from", default=None, help="fine-tune from a checkpoint, export or diffusers UNet folder")
@@ -266,6 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ldm-steps", type=_step_counts, default=(50,), metavar="K[,K...]",
                    help="DDIM steps for diffusion models; several (50,25,10) add rows for the FD-vs-sampling-time curve")
     p.add_argument("--ldm-guidance", type=float, default=1.0)
+    p.add_argument("--classifier", default=None, help="an `ldm eval train-classifier` folder: adds class accuracy")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="outputs/report")
     p.set_defaults(fn=cmd_report)

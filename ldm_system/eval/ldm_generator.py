@@ -27,6 +27,7 @@ class LDMGenerator:
         self.schedule = self.model.diffusion.schedule()
         den = self.model.denoiser
         self.conditioning = Conditioning.of(den.cfg, self.model.classes, self.model.text, den.class_embedding, device)
+        self.num_classes = den.cfg.num_classes if den.cfg.conditioning == "class" else 0  # sample() cycles them
 
     @torch.no_grad()
     def sample(self, num: int, seed: int = 0) -> torch.Tensor:

@@ -30,3 +30,11 @@ class LikelihoodModel(GenerativeModel, Protocol):
     def bits_per_dim(self, images: torch.Tensor) -> torch.Tensor:
         """(B,) negative log-likelihood of 8-bit images (given in [-1, 1]) in bits per dimension."""
         ...
+
+
+@runtime_checkable
+class ClassConditionalModel(GenerativeModel, Protocol):
+    """Families drawn for a class: `sample(num, seed)` draws image i for class i % num_classes
+    (num_classes 0: the model takes no class). Conditional accuracy reads the labels that way."""
+
+    num_classes: int

@@ -10,6 +10,8 @@ The same held-out images, the same feature network and the same number of sample
 - KID: unbiased MMD² in the same feature space (Bińkowski et al. 2018), mean ± std over 50 random
   subsets of half the samples; unlike FD it carries no bias from the sample count;
 - precision / recall: Kynkäänniemi et al. 2019 in the same feature space (k = 3);
+- class accuracy (with `--classifier`, for class-conditional models): how many samples our own
+  classifier (`eval/classifier.py`) assigns to the class they were drawn for;
 - bits/dim of the 8-bit test images, for families with a likelihood (flow, autoregressive);
 - seconds per sampled image, measured around `sample` alone.
 
@@ -35,7 +37,8 @@ from ldm_system.eval.curves import budget_table, write_curves
 from ldm_system.eval.features import EFFNET_FD_LABEL, build_feature_extractor
 from ldm_system.eval.ldm_generator import LDMGenerator
 from ldm_system.eval.metrics import frechet_distance_from_features, kernel_inception_distance, precision_recall
-from ldm_system.eval.protocols import GenerativeModel, LikelihoodModel
+from ldm_system.eval.classifier import SmallClassifier, conditional_accuracy, load_classifier
+from ldm_system.eval.protocols import ClassConditionalModel, GenerativeModel, LikelihoodModel
 from ldm_system.eval.vae_generator import VAEPriorGenerator
 from ldm_system.artifacts.kinds import LDM_META, MODEL_INDEX, STAGE1_META
 from ldm_system.images import make_grid
@@ -54,6 +57,7 @@ class Row:
     kid: float = math.nan
     kid_std: float = math.nan
     step: int | None = None  # optimizer steps the model was trained for, when its folder says
+    class_accuracy: float | None = None  # samples the classifier assigns to their class (conditional models)
     setting: str = ""  # a sampling setting other than the model's main one ("DDIM-10")
     error: str | None = None  # why this model could not be scored (the others still are)
 
@@ -85,26 +89,31 @@ def _features(net, images: torch.Tensor, batch: int = 100) -> torch.Tensor:
     return torch.cat([net(b) for b in images.split(batch)])
 
 
-def _sample(gen: GenerativeModel, num: int, seed: int, batch: int) -> tuple[torch.Tensor, float]:
-    """(num, C, H, W) samples in [-1, 1], and the wall seconds spent in `sample` per image."""
-    out, seconds = [], 0.0
+def _sample(gen: GenerativeModel, num: int, seed: int, batch: int) -> tuple[torch.Tensor, float, torch.Tensor]:
+    """(num, C, H, W) samples in [-1, 1], the wall seconds spent in `sample` per image, and the class
+    each was drawn for (-1 for models without classes)."""
+    out, labels, seconds = [], [], 0.0
+    k = gen.num_classes if isinstance(gen, ClassConditionalModel) else 0
     for i, start in enumerate(range(0, num, batch)):
+        n = min(batch, num - start)
         t0 = time.perf_counter()
-        x = gen.sample(min(batch, num - start), seed=seed + i)
+        x = gen.sample(n, seed=seed + i)
         seconds += time.perf_counter() - t0
         out.append(x.detach().float().cpu())
+        labels.append(torch.arange(n) % k if k else torch.full((n,), -1))
     images = torch.cat(out)
     if images.shape[1:] != tuple(gen.image_shape) or not torch.isfinite(images).all():
         raise ValueError(f"generator returned {tuple(images.shape)} (finite: {bool(torch.isfinite(images).all())}), "
                          f"expected (N, {', '.join(map(str, gen.image_shape))})")
-    return images.clamp(-1, 1), seconds / num
+    return images.clamp(-1, 1), seconds / num, torch.cat(labels)
 
 
 def evaluate(name: str, family: str, gen: GenerativeModel, test: torch.Tensor, test_feats: torch.Tensor, net,
-             num: int, seed: int = 0, batch: int = 50, bpd_images: int = 1000) -> tuple[Row, torch.Tensor]:
+             num: int, seed: int = 0, batch: int = 50, bpd_images: int = 1000,
+             classifier: SmallClassifier | None = None) -> tuple[Row, torch.Tensor]:
     if tuple(gen.image_shape) != tuple(test.shape[1:]):
         raise ValueError(f"{name} makes {tuple(gen.image_shape)} images, the test set holds {tuple(test.shape[1:])}")
-    samples, spi = _sample(gen, num, seed, batch)
+    samples, spi, labels = _sample(gen, num, seed, batch)
     feats = _features(net, samples)
     pr = precision_recall(test_feats, feats)
     bpd = None
@@ -113,6 +122,8 @@ def evaluate(name: str, family: str, gen: GenerativeModel, test: torch.Tensor, t
         bpd = float(torch.cat([gen.bits_per_dim(b).detach().float().cpu() for b in x.split(batch)]).mean())
     row = Row(name, family, frechet_distance_from_features(test_feats, feats), pr["precision"], pr["recall"],
               bpd, spi, num, **_kid(test_feats, feats))
+    if classifier is not None and labels[0] >= 0:
+        row.class_accuracy = conditional_accuracy(classifier, samples, labels)
     return row, samples
 
 
@@ -130,16 +141,18 @@ def data_row(train: torch.Tensor, test_feats: torch.Tensor, net) -> Row:
 
 # ---- writing -------------------------------------------------------------------------------------
 def markdown_table(rows: list[Row]) -> str:
-    lines = ["| model | family | FD-effnet* | KID-effnet* (×10³) | precision | recall | bits/dim (test) | s / image |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| model | family | FD-effnet* | KID-effnet* (×10³) | precision | recall | class accuracy | bits/dim (test) "
+             "| s / image |", "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if r.error is not None:
-            lines.append(f"| {r.name} | {r.family} | failed: {r.error} | | | | | |")
+            lines.append(f"| {r.name} | {r.family} | failed: {r.error} | | | | | | |")
             continue
         bpd = "–" if r.bits_per_dim is None else f"{r.bits_per_dim:.3f}"
         spi = "–" if r.family == "data" else f"{r.seconds_per_image:.4f}"
         kid = f"{1e3 * r.kid:.2f} ± {1e3 * r.kid_std:.2f}"
-        lines.append(f"| {r.name} | {r.family} | {r.fd:.2f} | {kid} | {r.precision:.3f} | {r.recall:.3f} | {bpd} | {spi} |")
+        acc = "–" if r.class_accuracy is None else f"{r.class_accuracy:.3f}"
+        lines.append(f"| {r.name} | {r.family} | {r.fd:.2f} | {kid} | {r.precision:.3f} | {r.recall:.3f} | {acc} | {bpd} "
+                     f"| {spi} |")
     return "\n".join(lines) + f"\n\n*{EFFNET_FD_LABEL}; KID in the same features, not Inception KID."
 
 
@@ -224,7 +237,7 @@ def _score(rows: list[Row], grids: dict, name: str, family: str, gen: Generative
 
 def run_report(models: dict[str, str], test_shards: str, out: str | Path, num: int = 500, train_shards: str | None = None,
                seed: int = 0, ldm_steps: int | Sequence[int] = 50, ldm_guidance: float = 1.0, bpd_images: int = 1000,
-               feature_net: str = "effnet-lite0") -> list[Row]:
+               feature_net: str = "effnet-lite0", classifier: str | Path | None = None) -> list[Row]:
     """Evaluate every NAME -> model folder on the same test images; write report.{md,json,png}.
 
     `ldm_steps`: one DDIM step count, or several (the first gives each diffusion model's main row,
@@ -246,7 +259,9 @@ def run_report(models: dict[str, str], test_shards: str, out: str | Path, num: i
         train = first_images(train_shards, num)
         rows.append(data_row(train, test_feats, net))
         grids[rows[-1].name] = train
-    score = lambda n, fam, g: evaluate(n, fam, g, test, test_feats, net, num, seed=seed, bpd_images=bpd_images)  # noqa: E731
+    judge, judge_meta = load_classifier(classifier) if classifier else (None, {})
+    score = lambda n, fam, g: evaluate(n, fam, g, test, test_feats, net, num, seed=seed, bpd_images=bpd_images,  # noqa: E731
+                                       classifier=judge)
     for name, (family, gen) in loaded.items():
         step = _trained_step(models[name])
         _score(rows, grids, name, family, gen, step, "", score)
@@ -259,5 +274,8 @@ def run_report(models: dict[str, str], test_shards: str, out: str | Path, num: i
                 "feature net": feature_net, "seed": seed,
                 "LDM sampler": f"DDIM-{steps[0]} (also {', '.join(map(str, steps[1:]))})" if steps[1:] else f"DDIM-{steps[0]}",
                 "LDM guidance": ldm_guidance, "threads": torch.get_num_threads()}
+    if judge is not None:
+        settings["class accuracy"] = (f"our classifier ({classifier}), test accuracy {judge_meta['test_accuracy']:.3f}: "
+                                      "the ceiling for a model")
     write_report(rows, grids, out, settings)
     return rows
