@@ -259,15 +259,21 @@ class FlowTask:
 
     def __init__(self, model: FlowModelConfig, optim: FlowOptimConfig = FlowOptimConfig(),
                  preview: FlowPreviewConfig = FlowPreviewConfig(), init_images: torch.Tensor | None = None,
-                 info: dict[str, Any] | None = None) -> None:
+                 info: dict[str, Any] | None = None, seed: int = 0) -> None:
         self.model_cfg, self.optim_cfg, self.preview_cfg = model, optim, preview
         self.init_images = init_images
+        self.seed = seed  # of the initial weights and buffers, the same on every rank
         self.info = dict(info or {})
         self.net: Glow | None = None  # the raw module (dequantise, sample)
         self._metrics: dict[str, float] = {}
 
     def build(self) -> dict[str, nn.Module]:
-        self.net = Glow(self.model_cfg)
+        # Every rank draws the same Glow: the LU 1×1 convs keep their permutation and signs as *buffers*,
+        # and DeepSpeed (ZeRO) broadcasts only parameters from rank 0 (DDP broadcasts buffers too).
+        # Per-rank buffers would pair rank 1's P with rank 0's L, U: a different, untrained flow.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed)
+            self.net = Glow(self.model_cfg)
         if self.init_images is not None:
             # Before `prepare` and the EMA copy: DDP broadcasts these values and the EMA starts
             # from them. A resumed run then loads the checkpoint over them (`initialized` = 1).
@@ -322,7 +328,7 @@ def init_images(cfg: FlowRunConfig) -> torch.Tensor | None:
 def run_flow(cfg: FlowRunConfig, resume: str | None = None) -> Path:
     """Train (or continue with resume="latest"), then write OUT/model/ (EMA weights if kept). Returns it."""
     info = check_image_data(cfg.data, FAMILY, cfg.model.channels, cfg.model.image_size)
-    task = FlowTask(cfg.model, cfg.optim, cfg.preview, init_images(cfg), info)
+    task = FlowTask(cfg.model, cfg.optim, cfg.preview, init_images(cfg), info, seed=cfg.train.seed)
     return train_baseline(task, cfg, FAMILY, MODULE, info, resume)
 
 

@@ -369,6 +369,19 @@ def test_task_loss_is_bits_per_dim_and_falls():
     assert task.preview(modules, batch).shape == (16, 1, 4, 4)
 
 
+def test_task_builds_the_same_flow_on_every_rank():
+    """The engine seeds each rank differently before `build`; the flow, LU buffers included (which
+    DeepSpeed does not broadcast), must not depend on that, only on the task's seed."""
+    states = []
+    for rank_seed, seed in ((10, 0), (11, 0), (10, 1)):
+        torch.manual_seed(rank_seed)
+        states.append(FlowTask(TINY, seed=seed).build()["flow"].state_dict())
+    assert any(k.endswith("perm") for k in states[0])
+    for k in states[0]:
+        assert torch.equal(states[0][k], states[1][k]), k
+    assert any(not torch.equal(states[0][k], states[2][k]) for k in states[0] if k.endswith("perm"))
+
+
 def test_config_checks():
     with pytest.raises(ValueError, match="divisible"):
         FlowModelConfig(image_size=28, levels=3)
