@@ -1,4 +1,4 @@
-"""The browser page `ldm serve` answers at `/`: one self-contained HTML file plus its script and style.
+"""The browser page `ldm serve` answers at `/`: one self-contained HTML file plus its scripts and style.
 
 Everything the page needs is served from this package (`serving/web/`): no CDN, no web fonts, so it
 works on a machine that reaches nothing outside. The page itself is open (a browser cannot attach a

@@ -13,7 +13,7 @@ import pytest
 from serving_http import raw_request, running_server
 
 TOKEN = "page-test-token-0123456789"
-ASSETS = ("index.html", "page.js", "page.css")
+ASSETS = ("index.html", "client.js", "page.js", "page.css")
 
 
 @pytest.fixture(scope="module")
@@ -47,10 +47,12 @@ def test_page_and_assets_are_served_without_the_token(url):
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
     refs = _Refs()
     refs.feed(page.text)
-    assert sorted(refs.refs) == ["/ui/page.css", "/ui/page.js", "data:,"]  # the favicon is inline: no 404
-    js = httpx.get(f"{url}/ui/page.js")
-    assert js.status_code == 200 and js.headers["content-type"].startswith("text/javascript")
-    assert "X-Request-Id" in js.text and "/progress/" in js.text
+    assert sorted(refs.refs) == ["/ui/client.js", "/ui/page.css", "/ui/page.js", "data:,"]  # inline favicon: no 404
+    for name in ("client.js", "page.js"):
+        js = httpx.get(f"{url}/ui/{name}")
+        assert js.status_code == 200 and js.headers["content-type"].startswith("text/javascript")
+    client = httpx.get(f"{url}/ui/client.js").text  # every API call names itself and is followed on /progress
+    assert "X-Request-Id" in client and "/progress/" in client
     css = httpx.get(f"{url}/ui/page.css")
     assert css.status_code == 200 and css.headers["content-type"].startswith("text/css")
     # the API behind it is guarded: the page must send the token

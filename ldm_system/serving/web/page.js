@@ -1,106 +1,16 @@
 // The page `ldm serve` answers at `/`: plain JS, no libraries, nothing loaded from elsewhere.
 //
 // GET /health describes the model (conditioning, classes, image size, samplers) and the server's limits;
-// the forms are shaped from it. Every API call sends the bearer token (asked for once, kept in
-// sessionStorage) and an X-Request-Id, whose GET /progress/{id} the page polls while the call runs.
-// Each result comes with the `ldm` command that reproduces it (flags of ldm_system/serving/cli.py).
+// the forms are shaped from it. Requests go through client.js (token, request ids, progress), loaded
+// first. Each result comes with the `ldm` command that reproduces it (flags of ldm_system/serving/cli.py).
 "use strict";
 
-const TOKEN_KEY = "ldm-serve-token";
-const POLL_MS = 250;
 const state = {
   health: null,
-  token: sessionStorage.getItem(TOKEN_KEY),
   images: { input: null, a: null, b: null }, // slot → {name, url}: the files the requests send
   pickers: { input: [], a: [], b: [] },
   views: {},
 };
-
-const $ = (sel, root = document) => root.querySelector(sel);
-const $$ = (sel, root = document) => Array.from(root.querySelectorAll(sel));
-
-// ---- token and API ------------------------------------------------------------------------
-let pendingToken = null; // one dialog for every caller that met a 401
-
-function askToken(message) {
-  if (pendingToken) return pendingToken;
-  const dialog = $("#token-dialog");
-  const input = $("input[name=token]", dialog);
-  $(".token-message", dialog).textContent = message;
-  input.value = "";
-  pendingToken = new Promise((resolve, reject) => {
-    dialog.addEventListener("close", () => {
-      pendingToken = null;
-      const token = input.value.trim();
-      if (dialog.returnValue === "ok" && token) {
-        state.token = token;
-        sessionStorage.setItem(TOKEN_KEY, token);
-        $("#token-button").hidden = false;
-        resolve(token);
-      } else {
-        reject(new Error("This server needs a token; none was given."));
-      }
-    }, { once: true });
-  });
-  dialog.returnValue = "";
-  dialog.showModal();
-  input.focus();
-  return pendingToken;
-}
-
-function headers(requestId, json) {
-  const h = {};
-  if (state.token) h.Authorization = `Bearer ${state.token}`;
-  if (requestId) h["X-Request-Id"] = requestId;
-  if (json) h["Content-Type"] = "application/json";
-  return h;
-}
-
-async function api(path, body, { requestId = null, signal = null } = {}) {
-  for (;;) {
-    const r = await fetch(path, {
-      method: body ? "POST" : "GET", headers: headers(requestId, Boolean(body)),
-      body: body ? JSON.stringify(body) : undefined, signal,
-    });
-    if (r.status === 401) {
-      await askToken(state.token ? "The server refused that token; enter it again." : "This server needs its bearer token.");
-      continue;
-    }
-    let data = null;
-    try { data = await r.json(); } catch (e) { data = null; }
-    if (!r.ok) throw new Error(data && data.detail ? String(data.detail) : `the server answered HTTP ${r.status}`);
-    return data;
-  }
-}
-
-// Asks for the token at once when the server wants one: any guarded path answers 401 without it.
-async function checkToken() {
-  for (;;) {
-    const r = await fetch(`/progress/${newRequestId()}`, { headers: headers() });
-    if (r.status !== 401) return;
-    await askToken(state.token ? "The server refused that token; enter it again." : "This server needs its bearer token.");
-  }
-}
-
-function newRequestId() {
-  const bytes = crypto.getRandomValues(new Uint8Array(12)); // works outside secure contexts too
-  return "web-" + Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
-}
-
-// Polls GET /progress/{id} until stopped; a 404 means "no progress reported yet", not an error.
-function watchProgress(requestId, view) {
-  let stopped = false;
-  let timer = null;
-  const tick = async () => {
-    try {
-      const r = await fetch(`/progress/${requestId}`, { headers: headers() });
-      if (!stopped && r.ok) view.progress(await r.json());
-    } catch (e) { /* the server is busy or gone: the call itself will say */ }
-    if (!stopped) { view.tick(); timer = setTimeout(tick, POLL_MS); }
-  };
-  timer = setTimeout(tick, POLL_MS / 2);
-  return () => { stopped = true; clearTimeout(timer); };
-}
 
 // ---- one output area per tab ---------------------------------------------------------------
 function makeView(root) {
@@ -619,7 +529,7 @@ async function main() {
   window.addEventListener("hashchange", () => showTab(location.hash.slice(1)));
   wireSliders();
   wireForms();
-  $("#token-button").hidden = !state.token;
+  $("#token-button").hidden = !session.token;
   $("#token-button").addEventListener("click", () => askToken("Enter the server's bearer token.").catch(() => {}));
   try {
     state.health = await api("/health");
