@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 
 import torch
 
@@ -36,7 +37,8 @@ class LatentStdCheck:
         if self.seen == self.batches:
             mean = self.total / self.count
             self.std = math.sqrt(max(self.total_sq / self.count - mean * mean, 0.0))
-            if not 1.0 / self.tolerance <= self.std <= self.tolerance:
+            first_rank = os.environ.get("RANK", "0") == "0"  # every rank sees alike batches: say it once
+            if first_rank and not 1.0 / self.tolerance <= self.std <= self.tolerance:
                 log.warning(f"the latents stage 2 trains on have std {self.std:.3g} over the first {self.batches} "
                             f"batches (after scaling), not ~1: {self.what}. The noise schedule sees the wrong "
                             "signal-to-noise ratio; re-measure the scale on what this run trains on")
