@@ -93,10 +93,10 @@ def test_report_files(tmp_path, data):
     assert report["rows"][2]["fd"] is None and report["rows"][2]["error"] == "NaN samples"  # valid JSON, no NaN
     assert report["rows"][1]["bits_per_dim"] == 3.25
     md = (out / "report.md").read_text()
-    assert "| flow | flow | 50.00 | 12.30 ± 0.40 | 0.400 | 0.300 | 3.250 | 0.0100 |" in md and "not comparable" in md
+    assert "| flow | flow | 50.00 | 12.30 ± 0.40 | 0.400 | 0.300 | – | 3.250 | 0.0100 |" in md and "not comparable" in md
     assert "| broken | gan | failed: NaN samples |" in md
     assert (out / "samples_flow.png").exists() and (out / "report.png").exists()
-    assert "| data (train vs test) | data | 10.00 | nan ± nan | 0.900 | 0.900 | – | – |" in markdown_table(rows)
+    assert "| data (train vs test) | data | 10.00 | nan ± nan | 0.900 | 0.900 | – | – | – |" in markdown_table(rows)
 
 
 def test_unknown_folders_fail_clearly(tmp_path):
