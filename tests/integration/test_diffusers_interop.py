@@ -16,40 +16,20 @@ from ldm_system.train.runs import LDMRunConfig, run_ldm
 STEPS, TOL = 5, 1e-4
 
 
-def _blocks(n, kind):
-    return tuple(kind for _ in range(n))
-
-
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     """Fashion-MNIST images at 16 px and three source folders made with diffusers' classes."""
-    from diffusers import (AutoencoderKL, DDIMScheduler, LDMPipeline, StableDiffusionPipeline, UNet2DConditionModel,
-                           UNet2DModel, VQModel)
-    from transformers import CLIPTextModel, CLIPTokenizer
+    from diffusers import DDIMScheduler, LDMPipeline, UNet2DModel, VQModel
 
+    from diffusers_folders import TINY_AE, build_sd_folder
     from ldm_system.data.pack import pack
     from ldm_system.models.text import save_random_text_encoder
 
     root = tmp_path_factory.mktemp("interop")
     pack("builtin:fashion-mnist", root / "images", image_size=16, split="test", limit=32, shard_size=32)
-    torch.manual_seed(0)
-    enc = dict(in_channels=1, out_channels=1, block_out_channels=(8, 16), norm_num_groups=8, layers_per_block=1,
-               down_block_types=_blocks(2, "DownEncoderBlock2D"), up_block_types=_blocks(2, "UpDecoderBlock2D"))
-    clip = save_random_text_encoder(root / "clip", hidden_size=32, max_length=16)
-    tok = CLIPTokenizer.from_pretrained(str(clip / "tokenizer"))  # model_max_length stays huge: import caps it
-    sd_sched = DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, steps_offset=1,
-                             clip_sample=False, set_alpha_to_one=False)
-    StableDiffusionPipeline(
-        vae=AutoencoderKL(**enc, latent_channels=4, scaling_factor=0.7),
-        text_encoder=CLIPTextModel.from_pretrained(str(clip / "text_encoder")), tokenizer=tok,
-        unet=UNet2DConditionModel(sample_size=8, in_channels=4, out_channels=4, block_out_channels=(16, 32),
-                                  down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-                                  up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), layers_per_block=1,
-                                  cross_attention_dim=32, attention_head_dim=2, norm_num_groups=8),  # 2 heads (SD-1.x)
-        scheduler=sd_sched, safety_checker=None, feature_extractor=None, requires_safety_checker=False,
-    ).save_pretrained(str(root / "sd"))
+    build_sd_folder(root / "sd", save_random_text_encoder(root / "clip", hidden_size=32, max_length=16))
     LDMPipeline(
-        vqvae=VQModel(**enc, latent_channels=3, num_vq_embeddings=32, scaling_factor=1.3),
+        vqvae=VQModel(**TINY_AE, latent_channels=3, num_vq_embeddings=32, scaling_factor=1.3),
         unet=UNet2DModel(sample_size=8, in_channels=3, out_channels=3, block_out_channels=(16, 32),
                          down_block_types=("DownBlock2D", "AttnDownBlock2D"), up_block_types=("AttnUpBlock2D", "UpBlock2D"),
                          layers_per_block=1, attention_head_dim=8, norm_num_groups=8),
