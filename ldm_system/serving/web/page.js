@@ -218,14 +218,13 @@ function quote(arg) {
 }
 
 function command(verb, args) {
-  const modelPath = typeof model().path === "string" ? model().path : "MODEL";
-  const parts = ["ldm", verb, "--model", quote(modelPath)];
+  // /health does not say where the model lies on the server's disk: MODEL stands for that folder
+  const parts = ["ldm", verb, "--model", "MODEL"];
   for (const a of args) {
     if (a === null || a === undefined || a === false) continue;
     parts.push(...(Array.isArray(a) ? a.filter((x) => x !== null && x !== undefined).map(quote) : [quote(a)]));
   }
-  const notes = [];
-  if (modelPath === "MODEL") notes.push("MODEL: the model folder `ldm serve` was started with.");
+  const notes = ["MODEL: the model folder `ldm serve` was started with."];
   if (["invert", "edit", "interpolate"].includes(verb)) notes.push("Input files: save them where you run the command.");
   return { args: parts, note: notes.join(" ") };
 }
