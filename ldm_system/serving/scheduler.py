@@ -99,7 +99,7 @@ class Scheduler:
         self._closing = False
         self._running: list[Job] = []
         self._batch_seconds = 1.0  # moving average, for Retry-After
-        self.batches_run = 0
+        self.batches_run = self.requests_run = 0  # batches that ran, and the requests in them
         self._thread = threading.Thread(target=self._work, name="ldm-model-worker", daemon=True)
         self._thread.start()
 
@@ -118,7 +118,8 @@ class Scheduler:
 
     def stats(self) -> dict[str, int]:
         with self._cond:
-            return {"queued": len(self._queue), "running": len(self._running), "batches_run": self.batches_run}
+            return {"queued": len(self._queue), "running": len(self._running), "batches_run": self.batches_run,
+                    "requests_run": self.requests_run}
 
     def close(self, grace_s: float) -> None:
         """Refuse new jobs, cancel the queued ones, give the running batch `grace_s` seconds to end
@@ -154,6 +155,7 @@ class Scheduler:
             with self._cond:
                 self._running = []
                 self.batches_run += 1
+                self.requests_run += len(batch)
                 self._batch_seconds = 0.8 * self._batch_seconds + 0.2 * seconds
 
     def _next_batch(self) -> list[Job] | None:
