@@ -6,10 +6,12 @@ import base64
 import io
 import os
 import socket
+import struct
 import subprocess
 import sys
 import threading
 import time
+import zlib
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -94,6 +96,17 @@ def png_b64(size=(32, 32), value=128, fmt: str = "PNG", mode: str = "L") -> str:
     return base64.b64encode(buf.getvalue()).decode()
 
 
+def png_declaring(width: int, height: int, rows: int) -> bytes:
+    """A 1-bit grayscale PNG header declaring width x height, with `rows` rows of zeros compressed
+    (all rows: a real decompression bomb; fewer: a truncated one, which must be refused just the same)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    row = b"\0" * (1 + (width + 7) // 8)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(row * rows, 9)) + chunk(b"IEND", b""))
+
+
 def decode_png(b64: str) -> Image.Image:
     im = Image.open(io.BytesIO(base64.b64decode(b64)))
     im.load()
@@ -122,4 +135,5 @@ def _expected_length(data: bytes) -> int:
     return len(data) + 1
 
 
-__all__ = ["decode_png", "free_port", "ldm_serve_process", "png_b64", "raw_request", "running_server", "start_ldm_serve", "wait_healthy"]
+__all__ = ["decode_png", "free_port", "ldm_serve_process", "png_b64", "png_declaring", "raw_request", "running_server",
+           "start_ldm_serve", "wait_healthy"]

@@ -4,10 +4,8 @@ import json
 import logging
 import signal
 import socket
-import struct
 import threading
 import time
-import zlib
 from contextlib import ExitStack, contextmanager
 
 import httpx
@@ -16,7 +14,7 @@ import torch
 
 from ldm_system.serving.device import resolve_device
 from ldm_system.serving.server import BatchingConfig, ServerLimits, create_app
-from serving_http import ldm_serve_process, png_b64, raw_request, running_server
+from serving_http import ldm_serve_process, png_b64, png_declaring, raw_request, running_server
 
 # one long request: 200 guided steps over 16 images take seconds on any machine here
 LONG = {"num": 16, "classes": 1, "steps": 200, "guidance": 3.0}
@@ -83,17 +81,6 @@ def test_declared_oversize_body_is_413_unread(url):
 
 
 # ---- uploaded images ------------------------------------------------------------------------------
-def _png_declaring(width: int, height: int, rows: int) -> bytes:
-    """A 1-bit grayscale PNG header declaring width x height, with `rows` rows of zeros compressed
-    (all rows: a real decompression bomb; fewer: a truncated one, which must be refused just the same)."""
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    row = b"\0" * (1 + (width + 7) // 8)
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0))
-            + chunk(b"IDAT", zlib.compress(row * rows, 9)) + chunk(b"IEND", b""))
-
-
 @pytest.mark.parametrize("width, height, rows, detail", [
     (6000, 6000, 6000, "images[0]: declares 6000x6000 = 36000000 pixels, over the server limit of 4194304 pixels"),
     (100_000, 100_000, 8, "images[0]: declares more than 178956970 pixels (a decompression bomb?)"),
@@ -101,7 +88,7 @@ def _png_declaring(width: int, height: int, rows: int) -> bytes:
 def test_decompression_bomb_is_413_before_decoding(url, width, height, rows, detail):
     import base64
 
-    bomb = base64.b64encode(_png_declaring(width, height, rows)).decode()
+    bomb = base64.b64encode(png_declaring(width, height, rows)).decode()
     assert len(bomb) < 100_000  # a small upload that would take 36 MB to 10 GB decoded
     r = httpx.post(f"{url}/invert", json={"images": [bomb], "steps": 2, "resize": True}, timeout=30)
     assert r.status_code == 413 and r.json()["detail"].startswith(detail), r.text
