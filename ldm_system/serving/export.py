@@ -115,12 +115,14 @@ def _copy_autoencoder(src: Path, out: Path, run_scale: float) -> tuple[str, str]
         ae, meta = load_autoencoder(dst)
     else:
         ae, meta = load_autoencoder(folder, scale_from=lambda _: run_scale)
-        save_autoencoder(ae, meta.config, meta.latent_scale, dst)
+        save_autoencoder(ae, meta.config, run_scale, dst)
+    # The twin's scaling_factor is the scale the run trained with: the mode's or the samples' (our
+    # own folder keeps both), so a stock pipeline decodes exactly what the UNet learned.
     if ae.kind == "kl":
-        export_diffusers(ae, meta.latent_scale, out / "vae")
+        export_diffusers(ae, run_scale, out / "vae")
         return "kl", ""
     try:
-        export_vq_diffusers(ae, meta.latent_scale, out / "vqvae")
+        export_vq_diffusers(ae, run_scale, out / "vqvae")
     except NotRepresentableError as e:
         return "vq", str(e)
     return "vq", ""

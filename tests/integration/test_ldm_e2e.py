@@ -63,6 +63,29 @@ def test_diffusers_loads_the_export(exported):
     assert pipe.classes[9] == "Ankle boot"
 
 
+def test_export_of_a_run_on_posterior_samples_carries_the_samples_scale(data):
+    """A run trained on posterior samples (data.sample_posterior) used the samples' scale; the export's
+    vae/ scaling_factor must be that one, or stock diffusers decodes with the mode's scale."""
+    import json
+
+    from diffusers import AutoencoderKL
+
+    from autoencoders.io import read_meta
+    from ldm_system.serving.export import export_checkpoint
+    from ldm_system.serving.pipeline import LDMPipeline
+
+    root, lat = data
+    run_ldm(_cfg(lat, root / "ldm_samples", "train.steps=2", "data.sample_posterior=true"))
+    out = export_checkpoint(root / "ldm_samples", root / "model_samples")
+    meta = json.loads((out / "ldm.json").read_text())
+    ae = read_meta(out / "autoencoder")
+    assert ae.sample_latent_scale is not None and abs(ae.sample_latent_scale - ae.latent_scale) > 0.1  # they differ
+    assert meta["latent_scale"] == pytest.approx(ae.sample_latent_scale)
+    vae = AutoencoderKL.from_pretrained(str(out / "vae"))
+    assert vae.config.scaling_factor == pytest.approx(meta["latent_scale"])
+    assert LDMPipeline.from_pretrained(out).codec.scale == pytest.approx(meta["latent_scale"])
+
+
 def test_finetune_resizes_class_table(data, exported):
     from safetensors.torch import load_file
 
