@@ -140,8 +140,16 @@ def data_row(train: torch.Tensor, test_feats: torch.Tensor, net) -> Row:
 
 
 # ---- writing -------------------------------------------------------------------------------------
-def markdown_table(rows: list[Row]) -> str:
-    lines = ["| model | family | FD-effnet* | KID-effnet* (×10³) | precision | recall | class accuracy | bits/dim (test) "
+# the feature network's name in column heads, and the footnote that says what the numbers compare with
+METRIC_NAMES = {"effnet-lite0": ("FD-effnet*", "KID-effnet*", f"*{EFFNET_FD_LABEL}; KID in the same features, not "
+                                 "Inception KID."),
+                "inception-v3": ("FID*", "KID*", "*Inception-v3 pool3 features with the pytorch-fid weights: the "
+                                 "features of published FID/KID (compare only at equal sample counts).")}
+
+
+def markdown_table(rows: list[Row], feature_net: str = "effnet-lite0") -> str:
+    fd, kid_head, note = METRIC_NAMES[feature_net]
+    lines = [f"| model | family | {fd} | {kid_head} (×10³) | precision | recall | class accuracy | bits/dim (test) "
              "| s / image |", "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if r.error is not None:
@@ -153,7 +161,7 @@ def markdown_table(rows: list[Row]) -> str:
         acc = "–" if r.class_accuracy is None else f"{r.class_accuracy:.3f}"
         lines.append(f"| {r.name} | {r.family} | {r.fd:.2f} | {kid} | {r.precision:.3f} | {r.recall:.3f} | {acc} | {bpd} "
                      f"| {spi} |")
-    return "\n".join(lines) + f"\n\n*{EFFNET_FD_LABEL}; KID in the same features, not Inception KID."
+    return "\n".join(lines) + f"\n\n{note}"
 
 
 def figure(rows: list[Row], grids: dict[str, torch.Tensor], path: Path, per_row: int = 16) -> Path:
@@ -190,7 +198,7 @@ def write_report(rows: list[Row], grids: dict[str, torch.Tensor], out: str | Pat
     figure(rows, grids, out / "report.png")
     (out / "report.json").write_text(json.dumps({"settings": settings, "rows": [_jsonable(asdict(r)) for r in rows]},
                                                 indent=2) + "\n")
-    text = "# Model comparison\n\n" + markdown_table(rows) + "\n\n" + "\n".join(
+    text = "# Model comparison\n\n" + markdown_table(rows, settings.get("feature net", "effnet-lite0")) + "\n\n" + "\n".join(
         f"- {k}: {v}" for k, v in settings.items()) + "\n\nSamples: `samples_<model>.png`; overview: `report.png`.\n"
     if table := budget_table(rows):
         text += "\n## Quality against training time\n\n" + table + "\n"

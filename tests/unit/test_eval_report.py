@@ -146,3 +146,10 @@ def test_an_autoencoder_folder_is_the_vae_row(tmp_path, data):
         load_generator(tmp_path / "ae")
     with pytest.raises(ValueError, match="not a multiple of the autoencoder's f = 4"):
         VAEPriorGenerator(tmp_path / "ae", 30)
+
+
+def test_inception_features_name_the_columns_fid():
+    rows = [Row("flow", "flow", 50.0, 0.4, 0.3, 3.25, 0.01, 60, kid=0.0123, kid_std=0.0004)]
+    text = markdown_table(rows, "inception-v3")
+    assert text.startswith("| model | family | FID* | KID* (×10³) |") and "pytorch-fid weights" in text
+    assert "FD-effnet*" in markdown_table(rows) and "not comparable" in markdown_table(rows)
