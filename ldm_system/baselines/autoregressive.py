@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ldm_system.baselines.ar_model import VOCAB, ARModelConfig, ImageTransformer, images_to_tokens, param_groups
-from ldm_system.baselines.common import check_image_data, load_module, train_baseline
+from ldm_system.baselines.common import check_image_data, full_parameters, load_module, train_baseline
 from ldm_system.data.stream import StreamConfig
 from ldm_system.train.engine_config import EngineConfig
 
@@ -110,7 +110,8 @@ class ARTask:
         p, net = self.preview_cfg, self.net
         was_training = net.training
         net.eval()
-        images = net.sample(p.num_images, seed=p.seed, temperature=p.temperature, top_k=p.top_k)
+        with full_parameters(net):  # KV-cached steps, not the (ZeRO-3-gathered) forward
+            images = net.sample(p.num_images, seed=p.seed, temperature=p.temperature, top_k=p.top_k)
         net.train(was_training)
         return images
 

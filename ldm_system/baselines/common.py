@@ -12,8 +12,9 @@ silently wrong weights. What evaluation reads from a loaded model is `eval/proto
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, Iterator, TypeVar
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -80,17 +81,31 @@ def load_module(path: str | Path, family: str, cfg_cls: type[C], build: Callable
     return module.to(device).eval(), meta
 
 
+@contextmanager
+def full_parameters(module: nn.Module) -> Iterator[nn.Module]:
+    """`module` with all its parameters present, for code that calls more than its `forward` (a flow's
+    inverse, an AR's KV-cached sampling, `state_dict`). Under ZeRO-3 each rank holds a shard of every
+    parameter and DeepSpeed gathers them only around `forward` calls, so this gathers them (read-only)
+    for the block: a collective, every rank must enter it. Anywhere else it does nothing."""
+    sharded = [p for p in module.parameters() if hasattr(p, "ds_tensor")]
+    if not sharded:
+        yield module
+        return
+    import deepspeed
+
+    with deepspeed.zero.GatheredParameters(sharded, modifier_rank=None):
+        yield module
+
+
 def write_trained_model(trainer: Trainer, module_name: str, family: str, model_cfg: Any, **extra: Any) -> Path:
-    """After `fit`: rank 0 writes OUT/model/ with the EMA weights when there are any, then every
-    rank leaves the process group (`Trainer.close`)."""
+    """After `fit`: rank 0 writes OUT/model/ with the EMA weights when there are any (gathered from
+    ZeRO-3 shards on every rank), then every rank leaves the process group (`Trainer.close`)."""
     out = Path(trainer.cfg.out_dir) / "model"
-    if trainer.accelerator.is_main_process:
-        module = trainer.raw[module_name]
-        if trainer.ema is not None and trainer.cfg.ema.module == module_name:
-            with trainer.ema.swap():
-                save_model_folder(out, family, model_cfg, module, ema=True, step=trainer.step, **extra)
-        else:
-            save_model_folder(out, family, model_cfg, module, ema=False, step=trainer.step, **extra)
+    module = trainer.raw[module_name]
+    use_ema = trainer.ema is not None and trainer.cfg.ema.module == module_name
+    with trainer.ema.swap() if use_ema else nullcontext(), full_parameters(module):
+        if trainer.accelerator.is_main_process:
+            save_model_folder(out, family, model_cfg, module, ema=use_ema, step=trainer.step, **extra)
     trainer.close()
     return out
 

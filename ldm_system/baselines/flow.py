@@ -43,7 +43,7 @@ from typing import Any, Iterator, Mapping
 import torch
 from torch import nn
 
-from ldm_system.baselines.common import check_image_data, load_module, train_baseline
+from ldm_system.baselines.common import check_image_data, full_parameters, load_module, train_baseline
 from ldm_system.baselines.flow_layers import FlowStep, Split2d, TopPrior, squeeze2d, unsqueeze2d
 from ldm_system.data.stream import StreamConfig, make_loader
 from ldm_system.train.engine_config import EngineConfig
@@ -305,7 +305,8 @@ class FlowTask:
     @torch.no_grad()
     def preview(self, modules: Mapping[str, nn.Module], batch: Any) -> torch.Tensor:
         p = self.preview_cfg
-        return self.net.sample(p.num_images, seed=p.seed, temperature=p.temperature)
+        with full_parameters(self.net):  # sampling runs the inverse, not the (ZeRO-3-gathered) forward
+            return self.net.sample(p.num_images, seed=p.seed, temperature=p.temperature)
 
     def checkpoint_metadata(self) -> dict[str, Any]:
         return {"family": FAMILY, "image_shape": list(self.model_cfg.image_shape), **self.info}
