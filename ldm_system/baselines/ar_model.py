@@ -45,9 +45,10 @@ class ARModelConfig:
     pos_embed: Literal["learned", "2d"] = "learned"  # one vector per position, or row + column + channel
     num_classes: int = 0  # 0 = unconditional; otherwise the start token is the class embedding
     tie_weights: bool = False  # output layer = token embedding matrix (its transpose)
+    vocab: int = VOCAB  # tokens per position: 256 8-bit values, or a VQ codebook's size (vq_ar.py)
 
     def __post_init__(self) -> None:
-        for name in ("channels", "image_size", "width", "depth", "heads"):
+        for name in ("channels", "image_size", "width", "depth", "heads", "vocab"):
             if getattr(self, name) < 1:
                 raise ValueError(f"ARModelConfig.{name} must be >= 1, got {getattr(self, name)}")
         if self.width % self.heads:
@@ -138,7 +139,7 @@ class ImageTransformer(nn.Module):
         self.image_shape = cfg.image_shape
         self.seq_len, self.null_class = cfg.seq_len, cfg.num_classes
         w = cfg.width
-        self.tok_emb = nn.Embedding(VOCAB, w)
+        self.tok_emb = nn.Embedding(cfg.vocab, w)
         self.start = nn.Embedding(cfg.num_classes + 1, w)  # row K = null class = the unconditional start
         if cfg.pos_embed == "learned":
             self.pos_emb = nn.Parameter(torch.zeros(cfg.seq_len, w))
@@ -149,7 +150,7 @@ class ImageTransformer(nn.Module):
         self.blocks = nn.ModuleList(Block(w, cfg.heads, cfg.mlp_ratio) for _ in range(cfg.depth))
         self.ln_f = nn.LayerNorm(w)
         # Tied: logits = h · tok_embᵀ, no second copy (safetensors refuses tensors that share memory).
-        self.head = None if cfg.tie_weights else nn.Linear(w, VOCAB)
+        self.head = None if cfg.tie_weights else nn.Linear(w, cfg.vocab)
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -214,7 +215,7 @@ class ImageTransformer(nn.Module):
         """(B,) −log P(image | label) in nats, summed over the N token positions."""
         tokens = images_to_tokens(images).to(self.tok_emb.weight.device)
         logits = self(tokens, labels).float()
-        ce = F.cross_entropy(logits.reshape(-1, VOCAB), tokens.reshape(-1), reduction="none")
+        ce = F.cross_entropy(logits.reshape(-1, self.cfg.vocab), tokens.reshape(-1), reduction="none")
         return ce.view(tokens.shape).sum(dim=1)
 
     @torch.no_grad()

@@ -37,7 +37,13 @@ def _ar() -> Family:
     return Family(ARRunConfig, run_ar, load_ar)
 
 
-REGISTRY: dict[str, Callable[[], Family]] = {"gan": _gan, "flow": _flow, "ar": _ar}
+def _vq_ar() -> Family:
+    from ldm_system.baselines.vq_ar import VQARRunConfig, load_vq_ar, run_vq_ar
+
+    return Family(VQARRunConfig, run_vq_ar, load_vq_ar)
+
+
+REGISTRY: dict[str, Callable[[], Family]] = {"gan": _gan, "flow": _flow, "ar": _ar, "vq-ar": _vq_ar}
 FAMILIES = tuple(REGISTRY)
 
 
