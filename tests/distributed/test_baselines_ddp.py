@@ -1,4 +1,4 @@
-"""The baselines (GAN, flow, pixel AR) on the distributed engine: `ldm train-baseline` under
+"""The baselines (GAN, flow, pixel AR, VQ-token AR) on the distributed engine: `ldm train-baseline` under
 `accelerate launch --config_file launch/accelerate/single_node.yaml --num_processes 2` (DDP over gloo)
 on real Fashion-MNIST shards, with each family's debug config.
 
@@ -46,20 +46,36 @@ def shards(tmp_path_factory):
     return out
 
 
-def _args(family: str, shards: Path, out: Path, steps: int) -> list[str]:
+@pytest.fixture(scope="module")
+def vq_autoencoder(tmp_path_factory):
+    """An untrained VQ-f4 autoencoder (8x8 codes of 32 entries): what the vq-ar family tokenizes with."""
+    from autoencoders.config import AutoencoderConfig, QuantizerConfig
+    from autoencoders.factory import build_autoencoder
+    from autoencoders.io import save_autoencoder
+
+    cfg = AutoencoderConfig(kind="vq", in_channels=1, channels=(8, 16, 16), f=4, latent_channels=3, layers_per_block=1,
+                            norm_groups=8, quantizer=QuantizerConfig(codebook_size=32))
+    torch.manual_seed(0)
+    out = tmp_path_factory.mktemp("baselines-ddp-vq") / "vq"
+    save_autoencoder(build_autoencoder(cfg), cfg, 1.0, out)
+    return out
+
+
+def _args(family: str, shards: Path, out: Path, steps: int, extra: list[str]) -> list[str]:
     return ["-m", "ldm_system.cli", "train-baseline", family, "--config", str(CONFIGS / f"{family}-debug.yaml"),
             "--set", f"data.shards={shards}", "--set", f"train.out_dir={out}", "--set", f"train.steps={steps}",
             "--set", "train.checkpoint.every=2", "--set", "train.checkpoint.keep_last=0",
-            "--set", "train.log.every=1", "--set", "train.log.progress=false"]
+            "--set", "train.log.every=1", "--set", "train.log.progress=false", *extra]
 
 
-def _train_both_ways(family: str, shards: Path, tmp_path: Path, launch_file: str) -> tuple[Path, Path]:
+def _train_both_ways(family: str, shards: Path, tmp_path: Path, launch_file: str,
+                     extra: list[str] = ()) -> tuple[Path, Path]:
     """(uninterrupted run, run resumed at STEPS // 2), both trained to STEPS."""
     full, cut = tmp_path / "full", tmp_path / "cut"
-    mode = f"file:{launch_file}"
-    accelerate(_args(family, shards, full, STEPS), mode=mode)
-    accelerate(_args(family, shards, cut, STEPS // 2), mode=mode)
-    accelerate([*_args(family, shards, cut, STEPS), "--resume", "latest"], mode=mode)
+    mode, extra = f"file:{launch_file}", list(extra)
+    accelerate(_args(family, shards, full, STEPS, extra), mode=mode)
+    accelerate(_args(family, shards, cut, STEPS // 2, extra), mode=mode)
+    accelerate([*_args(family, shards, cut, STEPS, extra), "--resume", "latest"], mode=mode)
     return full, cut
 
 
@@ -155,9 +171,11 @@ def assert_model_samples(family: str, run: Path) -> None:
 
 
 @pytest.mark.slow  # 3 launches of 2 processes: 1-3 minutes each
-@pytest.mark.parametrize("family, modules", [("gan", {"gen", "disc"}), ("flow", {"flow"}), ("ar", {"ar"})])
-def test_baseline_ddp_two_processes_resumes_exactly(family, modules, shards, tmp_path):
-    full, cut = _train_both_ways(family, shards, tmp_path, DDP)
+@pytest.mark.parametrize("family, modules", [("gan", {"gen", "disc"}), ("flow", {"flow"}), ("ar", {"ar"}),
+                                             ("vq-ar", {"ar"})])
+def test_baseline_ddp_two_processes_resumes_exactly(family, modules, shards, vq_autoencoder, tmp_path):
+    extra = ["--set", f"autoencoder={vq_autoencoder}"] if family == "vq-ar" else []
+    full, cut = _train_both_ways(family, shards, tmp_path, DDP, extra)
     assert len(optimizer_files(_step_dir(full))) == len(modules)  # one optimizer per module
     assert_resumed_exactly(full, cut, modules)
     assert_ranks_read_disjoint_images(family, full)
@@ -183,7 +201,7 @@ def test_flow_under_zero_resumes_exactly_and_writes_gathered_weights(launch_file
 
 def test_gan_under_zero_is_refused_in_one_line(shards, tmp_path):
     cmd = [str(BIN / "accelerate"), "launch", "--config_file", ZERO2, "--num_processes", "2",
-           "--main_process_port", str(free_port()), *_args("gan", shards, tmp_path / "run", STEPS)]
+           "--main_process_port", str(free_port()), *_args("gan", shards, tmp_path / "run", STEPS, [])]
     out = subprocess.run(cmd, env=env(), cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert out.returncode != 0
     errors = [line for line in out.stderr.splitlines() if line.startswith("ldm train-baseline: error:")]
