@@ -35,6 +35,7 @@ from ldm_system.baselines.common import MODEL_JSON
 from ldm_system.data.stream import first_images
 from ldm_system.eval.curves import budget_table, write_curves
 from ldm_system.eval.features import EFFNET_FD_LABEL, build_feature_extractor
+from ldm_system.eval.verdict import sharpness, verdict_table
 from ldm_system.eval.ldm_generator import LDMGenerator
 from ldm_system.eval.metrics import frechet_distance_from_features, kernel_inception_distance, precision_recall
 from ldm_system.eval.classifier import SmallClassifier, conditional_accuracy, load_classifier
@@ -58,6 +59,7 @@ class Row:
     kid_std: float = math.nan
     step: int | None = None  # optimizer steps the model was trained for, when its folder says
     class_accuracy: float | None = None  # samples the classifier assigns to their class (conditional models)
+    sharpness: float | None = None  # mean |Laplacian| of the samples (eval/verdict.py)
     setting: str = ""  # a sampling setting other than the model's main one ("DDIM-10")
     error: str | None = None  # why this model could not be scored (the others still are)
 
@@ -122,6 +124,7 @@ def evaluate(name: str, family: str, gen: GenerativeModel, test: torch.Tensor, t
         bpd = float(torch.cat([gen.bits_per_dim(b).detach().float().cpu() for b in x.split(batch)]).mean())
     row = Row(name, family, frechet_distance_from_features(test_feats, feats), pr["precision"], pr["recall"],
               bpd, spi, num, **_kid(test_feats, feats))
+    row.sharpness = sharpness(samples)
     if classifier is not None and labels[0] >= 0:
         row.class_accuracy = conditional_accuracy(classifier, samples, labels)
     return row, samples
@@ -135,8 +138,10 @@ def _kid(real_feats: torch.Tensor, fake_feats: torch.Tensor) -> dict[str, float]
 def data_row(train: torch.Tensor, test_feats: torch.Tensor, net) -> Row:
     feats = _features(net, train)
     pr = precision_recall(test_feats, feats)
-    return Row("data (train vs test)", "data", frechet_distance_from_features(test_feats, feats), pr["precision"],
-               pr["recall"], None, 0.0, train.shape[0], **_kid(test_feats, feats))
+    row = Row("data (train vs test)", "data", frechet_distance_from_features(test_feats, feats), pr["precision"],
+              pr["recall"], None, 0.0, train.shape[0], **_kid(test_feats, feats))
+    row.sharpness = sharpness(train)
+    return row
 
 
 # ---- writing -------------------------------------------------------------------------------------
@@ -204,6 +209,7 @@ def write_report(rows: list[Row], grids: dict[str, torch.Tensor], out: str | Pat
         text += "\n## Quality against training time\n\n" + table + "\n"
     for chart in write_curves(rows, out):
         text += f"\n![{chart.stem}]({chart.name})\n"
+    text += "\n## The classic claims, against these numbers\n\n" + verdict_table(rows) + "\n"
     (out / "report.md").write_text(text)
     return out
 

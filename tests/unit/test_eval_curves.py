@@ -87,3 +87,32 @@ def test_classifier_trains_and_scores_conditional_samples(tmp_path):
     assert conditional_accuracy(model, x[order], (drawn_for + 3) % 10) < 0.3  # images ignoring their labels
     with pytest.raises(FileNotFoundError, match="not a classifier folder"):
         load_classifier(tmp_path)
+
+
+def test_verdict_table_reads_the_claims_off_the_rows():
+    from ldm_system.eval.verdict import sharpness, verdict_rows, verdict_table
+
+    def row(name, family, fd, spi, sharp, precision=0.5, recall=0.5, bpd=None):
+        r = _row(name, fd, family, spi=spi)
+        r.sharpness, r.precision, r.recall, r.bits_per_dim = sharp, precision, recall, bpd
+        return r
+
+    rows = [row("data (train vs test)", "data", 20.0, 0.0, 0.20),
+            row("ldm@5", "ldm", 90.0, 0.2, 0.15), row("ldm@10", "ldm", 60.0, 0.2, 0.16),
+            row("ldm@10 (DDIM-10)", "ldm", 70.0, 0.04, 0.16),
+            row("pixel@5", "ldm", 150.0, 0.9, 0.1), row("pixel@10", "ldm", 100.0, 0.9, 0.1),
+            row("gan@10", "gan", 80.0, 0.004, 0.19, precision=0.6, recall=0.01),
+            row("vae", "vae", 200.0, 0.001, 0.05),
+            row("flow@10", "flow", 120.0, 0.03, 0.12, bpd=3.7),
+            row("ar@10", "ar", 210.0, 0.6, 0.14, bpd=4.2)]
+    rows[3].setting = "DDIM-10"
+    verdicts = {c.split(" ")[0] + " " + c.split(" ")[1]: v for c, _, v in verdict_rows(rows)}
+    assert verdicts == {"GANs give": "supported", "VAEs are": "supported", "Flows give": "supported",
+                        "Autoregressive models": "supported", "Diffusion gives": "supported",
+                        "Latent diffusion": "refuted"}  # LDM reaches 100 at 5 min: not ≤ ¼ of 10 min
+    table = verdict_table(rows)
+    assert "LDM reaches it in 5 min" in table and "GAN sharpness 0.95× data" in table
+    assert verdict_rows(rows[:2])[0][2] == "not measured (a row is missing)"
+    flat, edges = torch.zeros(2, 1, 8, 8), torch.zeros(2, 1, 8, 8)
+    edges[..., ::2] = 1.0
+    assert sharpness(flat) == 0.0 and sharpness(edges) > 1.0

@@ -1,0 +1,117 @@
+"""The verdict table: the comparison's classic claims, each set against this report's numbers.
+
+The claims are the ones every survey of generative models repeats. Each row names the numbers that
+bear on it, read from the scored rows (per family its longest-trained model, see `eval/curves.py`),
+and a verdict from a stated rule: "supported", "refuted", or "not measured" when a needed row is
+missing. The rules are deliberately simple and printed beside the numbers, so a reader can disagree.
+
+Sharpness is the mean absolute Laplacian of the samples relative to the real images' (1.0 = as
+sharp as the data): blur lowers it.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from ldm_system.eval.curves import split_budget
+
+_LAPLACE = torch.tensor([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]])
+
+
+def sharpness(images: torch.Tensor) -> float:
+    """Mean |Laplacian| over pixels and channels of (B, C, H, W) images in [-1, 1]."""
+    c = images.shape[1]
+    k = _LAPLACE.to(images)[None, None].expand(c, 1, 3, 3)
+    return float(F.conv2d(images.float(), k, groups=c).abs().mean())
+
+
+def _latest(rows) -> dict[str, object]:
+    """Per family, the scored row with the largest budget (main sampling setting only)."""
+    best: dict[str, tuple[float, object]] = {}
+    for r in rows:
+        if r.error is not None or r.setting:
+            continue
+        family, minutes = split_budget(r.name)
+        key = r.family if r.family in ("data", "vae") else family
+        m = -1.0 if minutes is None else minutes
+        if key not in best or m > best[key][0]:
+            best[key] = (m, r)
+    return {k: v[1] for k, v in best.items()}
+
+
+def _time_to_reach(rows, family: str, target: float) -> float | None:
+    """Fewest training minutes at which `family` reached FD <= target (None: never, or no budgets)."""
+    reached = [m for r in rows if r.error is None and not r.setting
+               for f, m in [split_budget(r.name)] if f == family and m is not None and r.fd <= target]
+    return min(reached) if reached else None
+
+
+def verdict_rows(rows) -> list[tuple[str, str, str]]:
+    """(claim, the numbers, verdict) for each classic claim."""
+    by = _latest(rows)
+    data, ldm, pixel, gan, vae, flow, ar = (by.get(k) for k in ("data", "ldm", "pixel", "gan", "vae", "flow", "ar"))
+    ref_sharp = data.sharpness if data is not None and data.sharpness else None
+    rel = lambda r: None if r is None or ref_sharp is None or r.sharpness is None else r.sharpness / ref_sharp  # noqa: E731
+    out: list[tuple[str, str, str]] = []
+
+    def claim(text: str, need: list, numbers: Callable[[], str], holds: Callable[[], bool], rule: str) -> None:
+        if any(x is None for x in need):
+            out.append((text, "–", "not measured (a row is missing)"))
+        else:
+            out.append((text, f"{numbers()} (rule: {rule})", "supported" if holds() else "refuted"))
+
+    others = [r for r in (ldm, pixel, vae, flow, ar) if r is not None]
+    claim("GANs give sharp samples but collapse modes", [gan, data],
+          lambda: f"GAN sharpness {rel(gan):.2f}× data, precision {gan.precision:.3f}, recall {gan.recall:.3f}",
+          lambda: rel(gan) >= 0.7 and gan.recall < 0.5 * gan.precision, "sharpness ≥ 0.7× data and recall < ½ precision")
+    claim("VAEs are blurry", [vae, data],
+          lambda: f"VAE sharpness {rel(vae):.2f}× data, FD {vae.fd:.1f}",
+          lambda: rel(vae) < 0.7, "sharpness < 0.7× data")
+    claim("Flows give exact likelihood but weaker samples", [flow] + ([ldm] if ldm is not None else [gan]),
+          lambda: f"flow {flow.bits_per_dim:.3f} bits/dim, FD {flow.fd:.1f} vs best other FD "
+                  f"{min(r.fd for r in others + ([gan] if gan else []) if r is not flow):.1f}",
+          lambda: flow.bits_per_dim is not None and flow.fd > min(r.fd for r in others + ([gan] if gan else [])
+                                                                  if r is not flow),
+          "a finite bits/dim and an FD above the best family's")
+    claim("Autoregressive models are slow to sample", [ar],
+          lambda: f"AR {ar.seconds_per_image:.3f} s/image vs median of the others "
+                  f"{_median([r.seconds_per_image for r in others + ([gan] if gan else []) if r is not ar]):.3f}",
+          lambda: ar.seconds_per_image > 2 * _median([r.seconds_per_image for r in others + ([gan] if gan else [])
+                                                      if r is not ar]),
+          "> 2× the others' median s/image")
+    fams = [r for r in (gan, vae, flow, ar, pixel) if r is not None]
+    claim("Diffusion gives the best quality but samples slowly", [ldm] + ([fams[0]] if fams else [None]),
+          lambda: f"LDM FD {ldm.fd:.1f} vs best other {min(r.fd for r in fams):.1f}; {ldm.seconds_per_image:.3f} s/image "
+                  f"vs GAN {gan.seconds_per_image:.4f}" if gan else f"LDM FD {ldm.fd:.1f} vs best other "
+                  f"{min(r.fd for r in fams):.1f}",
+          lambda: ldm.fd <= min(r.fd for r in fams) and (gan is None or ldm.seconds_per_image > gan.seconds_per_image),
+          "lowest FD, and slower than the GAN")
+    claim("Latent diffusion is far cheaper than pixel diffusion", [ldm, pixel],
+          lambda: _cheaper_numbers(rows, pixel),
+          lambda: (_time_to_reach(rows, "ldm", pixel.fd) or math.inf) <= 0.25 * (split_budget(pixel.name)[1] or 0),
+          "LDM reaches pixel diffusion's final FD in ≤ ¼ of its training time")
+    return out
+
+
+def _cheaper_numbers(rows, pixel) -> str:
+    minutes = split_budget(pixel.name)[1]
+    reach = _time_to_reach(rows, "ldm", pixel.fd)
+    where = "never within the budgets" if reach is None else f"{reach:g} min"
+    return f"pixel diffusion FD {pixel.fd:.1f} after {minutes:g} min; LDM reaches it in {where}"
+
+
+def _median(values: list[float]) -> float:
+    v = sorted(values)
+    return v[len(v) // 2] if v else math.nan
+
+
+def verdict_table(rows) -> str:
+    lines = ["| claim | numbers here | verdict |", "|---|---|---|"]
+    lines += [f"| {c} | {n} | {v} |" for c, n, v in verdict_rows(rows)]
+    return "\n".join(lines)
+
+
+__all__ = ["sharpness", "verdict_rows", "verdict_table"]
