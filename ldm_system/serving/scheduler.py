@@ -68,6 +68,7 @@ class Job:
     deadline: float  # time.monotonic() after which the job stops
     sample: SampleRequest | None = None
     call: Callable[[StepCallback], Any] | None = None
+    post: Callable[[Any], Any] | None = None  # applied to the result on the worker (PNG encoding)
     future: Future = field(default_factory=Future)
     step: int = 0
     cancel_reason: str | None = None
@@ -169,6 +170,8 @@ class Scheduler:
                 reason = first.stop_reason(time.monotonic())
                 if reason is None:
                     break
+                logger.info("request %s %s before it started", first.request_id,
+                            "timed out" if reason == TIMED_OUT else f"cancelled ({reason})")
                 self._finish(first, exc=Stopped(reason, 0, first.total))
             batch = [first]
             if first.sample is not None and first.images < self.config.max_images:
@@ -233,7 +236,7 @@ class Scheduler:
             if job.cancel_reason is not None:
                 self._stopped(job)  # cancelled while its batch went on: its images are dropped
             else:
-                self._finish(job, result=result)
+                self._finish(job, result=result if job.post is None else job.post(result))
 
     def _stopped(self, job: Job) -> None:
         reason = job.stop_reason(time.monotonic()) or TIMED_OUT
