@@ -17,7 +17,9 @@ from PIL import Image
 
 from ldm_system.images import (
     LoadedImage,
+    fit_to_shape,
     fit_to_tensor,
+    kept_shape,
     open_image_file,
     pil_to_tensor,
     resize_and_center_crop,
@@ -44,13 +46,8 @@ def tensor_to_b64png(images: torch.Tensor) -> list[str]:
     return out
 
 
-def b64_to_tensor(data: str, size: int, channels: int, resize: bool = False, max_side: int = 2048,
-                  name: str = "image") -> torch.Tensor:
-    """Decode a base64 image (PNG, JPEG, …; an optional `data:image/...;base64,` prefix is accepted).
-
-    `max_side` bounds the *declared* size before any pixel is decoded, so a tiny upload that claims to
-    be 50 000 x 50 000 is refused without allocating it.
-    """
+def _open_b64(data: str, max_side: int, name: str) -> Image.Image:
+    """A base64 image opened (not yet decoded), its declared size checked against `max_side`."""
     if data.startswith("data:"):
         data = data.partition(",")[2]
     try:
@@ -66,19 +63,43 @@ def b64_to_tensor(data: str, size: int, channels: int, resize: bool = False, max
     w, h = im.size
     if max(w, h) > max_side:
         raise ImageDecodeError(f"{name}: {w}x{h} exceeds the server limit of {max_side} pixels per side")
-    if (w, h) != (size, size) and not resize:
-        raise ImageSizeError(
-            f"{name}: is {w}x{h}, the model takes {size}x{size}; send that size or set \"resize\": true "
-            "(shorter side resized, then centre-cropped)"
-        )
+    return im
+
+
+def _load(im: Image.Image, name: str) -> Image.Image:
     try:
         im.load()
     except Exception as e:
         raise ImageDecodeError(f"{name}: corrupt image data ({e})") from None
-    return fit_to_tensor(im, size, channels)
+    return im
+
+
+def b64_to_tensor(data: str, size: int, channels: int, resize: bool = False, max_side: int = 2048,
+                  name: str = "image") -> torch.Tensor:
+    """Decode a base64 image (PNG, JPEG, …; an optional `data:image/...;base64,` prefix is accepted).
+
+    `max_side` bounds the *declared* size before any pixel is decoded, so a tiny upload that claims to
+    be 50 000 x 50 000 is refused without allocating it.
+    """
+    im = _open_b64(data, max_side, name)
+    w, h = im.size
+    if (w, h) != (size, size) and not resize:
+        raise ImageSizeError(
+            f"{name}: is {w}x{h}, the model takes {size}x{size}; send that size or set \"resize\": true "
+            "(shorter side resized, then centre-cropped), or \"keep_shape\": true (any size, aspect kept)"
+        )
+    return fit_to_tensor(_load(im, name), size, channels)
+
+
+def b64_to_kept_shape(data: str, size: int, channels: int, step: int, height: int | None = None,
+                      width: int | None = None, max_side: int = 2048, name: str = "image") -> torch.Tensor:
+    """Decode a base64 image keeping its aspect: about size² pixels with sides multiples of `step`
+    (`images.kept_shape`, the buckets' rule), or height x width where given."""
+    im = _load(_open_b64(data, max_side, name), name)
+    return fit_to_shape(im, kept_shape(im.width, im.height, size, step, height, width), channels)
 
 
 __all__ = [
-    "ImageDecodeError", "ImageSizeError", "LoadedImage", "b64_to_tensor", "open_image_file", "pil_to_tensor", "resize_and_center_crop",
+    "ImageDecodeError", "ImageSizeError", "LoadedImage", "b64_to_kept_shape", "b64_to_tensor", "open_image_file", "pil_to_tensor", "resize_and_center_crop",
     "save_pngs", "tensor_to_b64png", "tensor_to_pils",
 ]

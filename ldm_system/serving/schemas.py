@@ -80,9 +80,18 @@ class SampleRequest(_Request):
                                       self.height, self.width)
 
 
-class _ImagesRequest(_Request):
-    images: list[str] = Field(..., description="base64 PNG/JPEG images")
+class _Uploads(_Request):
+    """How uploaded images meet the model: its exact size, a centre crop (`resize`), or any size."""
+
     resize: bool = Field(False, description="apply the resize policy (shorter side + centre crop) instead of rejecting other sizes")
+    keep_shape: bool = Field(False, description="any size: each image keeps its aspect at about the model's pixel "
+                                                "count (sides multiples of its pixel step), or takes height x width")
+    height: Optional[int] = Field(None, description="with keep_shape: pixels, a multiple of the model's pixel step")
+    width: Optional[int] = Field(None, description="with keep_shape: pixels, as height")
+
+
+class _ImagesRequest(_Uploads):
+    images: list[str] = Field(..., description="base64 PNG/JPEG images")
     steps: int = 50
     guidance: float = 1.0
 
@@ -116,9 +125,8 @@ class EditRequest(_ImagesRequest):
             guidance=self.guidance, seed=self.seed, names=requests.HTTP, limits=limits, kind=kind)
 
 
-class InterpolateRequest(_Request):
+class InterpolateRequest(_Uploads):
     images: list[str] = Field(..., description="exactly two base64 PNG/JPEG images: the ends of the path")
-    resize: bool = Field(False, description="apply the resize policy instead of rejecting other sizes")
     num: int = Field(8, description="frames, both ends included")
     steps: int = 50
     classes: Optional[Union[ClassValue, list[ClassValue]]] = Field(None, description="one class for both, or one each")

@@ -47,7 +47,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from ldm_system.diffusion.samplers import SAMPLERS
 from ldm_system.serving import requests
 from ldm_system.serving.guards import REQUEST_ID, Guards
-from ldm_system.serving.image_io import ImageDecodeError, ImageSizeError, b64_to_tensor, tensor_to_b64png
+from ldm_system.serving.image_io import (ImageDecodeError, ImageSizeError, b64_to_kept_shape, b64_to_tensor,
+                                         tensor_to_b64png)
 from ldm_system.serving.progress import ProgressBoard, RequestIdInUse, invert_steps
 from ldm_system.serving.requests import HTTP, Limits
 from ldm_system.serving.scheduler import TIMED_OUT, BatchingConfig, Job, QueueFull, Scheduler, Stopped
@@ -114,17 +115,25 @@ class _Handlers:
         except ValidationError as e:
             raise HTTPException(422, flatten_errors(e.errors())) from None
 
-    def decode_images(self, data: list[str], resize: bool) -> torch.Tensor:
+    def decode_images(self, data: list[str], body: InvertRequest | EditRequest | InterpolateRequest) -> torch.Tensor:
+        """The uploads of `body` (its `images` and how they meet the model: exact size, `resize`, `keep_shape`)."""
         n, top = len(data), self.limits.max_batch
         if not 1 <= n <= top:
             raise HTTPException(422, f"number of images must lie in 1..{top} (server limit), got {n}")
         p = self.pipe
+        keep = body.keep_shape or body.height is not None or body.width is not None
+        if keep:
+            p.latent_shape(1, body.height, body.width)  # a side off the pixel step: ValueError → 422
         out = []
         for i, s in enumerate(data):
             name = f"images[{i}]"
             try:
                 check_upload(s, self.limits.max_input_pixels, name=name)
-                out.append(b64_to_tensor(s, p.image_size, p.image_channels, resize=resize,
+                if keep:
+                    out.append(b64_to_kept_shape(s, p.image_size, p.image_channels, p.pixel_step, body.height,
+                                                 body.width, max_side=self.limits.max_input_side, name=name))
+                    continue
+                out.append(b64_to_tensor(s, p.image_size, p.image_channels, resize=body.resize,
                                          max_side=self.limits.max_input_side, name=name))
             except UploadRejected as e:
                 raise HTTPException(e.status, str(e)) from None
@@ -132,10 +141,15 @@ class _Handlers:
                 raise HTTPException(422, str(e)) from None
             except ImageDecodeError as e:
                 raise HTTPException(400, str(e)) from None
+        shapes = sorted({tuple(x.shape[-2:]) for x in out})
+        if len(shapes) > 1:
+            raise HTTPException(422, "the images come out in different shapes "
+                                     f"({', '.join(f'{w}x{h}' for h, w in shapes)}); send images of one aspect "
+                                     "or give height and width")
         return torch.cat(out).to(p.device)
 
-    async def images(self, data: list[str], resize: bool) -> torch.Tensor:
-        return await run_in_threadpool(self.decode_images, data, resize)
+    async def images(self, body: InvertRequest | EditRequest | InterpolateRequest) -> torch.Tensor:
+        return await run_in_threadpool(self.decode_images, body.images, body)
 
     def job(self, request: Request, total: int, sample: requests.SampleRequest | None = None,
             call: Callable | None = None) -> Job:
@@ -235,7 +249,7 @@ class _Handlers:
         async def work() -> dict:
             body = await self.body(request, InvertRequest)
             req = body.request().check(self.limits.requests, HTTP)
-            images = await self.images(body.images, body.resize)
+            images = await self.images(body)
             call = lambda cb: self.pipe.invert(images, **req.arguments(), callback=cb)  # noqa: E731
             res, seconds = await self.run(request, self.job(request, invert_steps(req.steps, req.null_optimization),
                                                             call=call))
@@ -252,7 +266,7 @@ class _Handlers:
         async def work() -> dict:
             body = await self.body(request, EditRequest)
             req = body.request(self.limits.requests, self.pipe.conditioning.kind)
-            images = await self.images(body.images, body.resize)
+            images = await self.images(body)
             sdedit_mode = isinstance(req, requests.SDEditRequest)
             verb = self.pipe.sdedit if sdedit_mode else self.pipe.edit
             total = int(req.steps * req.strength) if sdedit_mode else 2 * req.steps
@@ -269,7 +283,7 @@ class _Handlers:
                 raise HTTPException(422, f"images: interpolation takes exactly two images (the ends), "
                                          f"got {len(body.images)}")
             req = body.request().check(self.limits.requests, HTTP)
-            images = await self.images(body.images, body.resize)
+            images = await self.images(body)
             call = lambda cb: self.pipe.interpolate(images[:1], images[1:], **req.arguments(), callback=cb)  # noqa: E731
             frames, seconds = await self.run(request, self.job(request, 2 * req.steps, call=call))
             return {"frames": await run_in_threadpool(tensor_to_b64png, frames), "size": self.pipe.image_size,

@@ -99,6 +99,24 @@ def test_invert_resize_policy_is_opt_in(client):
     assert client.post("/invert", json={**wrong, "resize": True}).status_code == 200
 
 
+def test_uploads_of_any_size_keep_their_shape(client, serving_pipe):
+    """keep_shape: a 48x24 upload is inverted and edited at 2:1 (about the model's pixel count, sides on
+    its pixel step), or at the height and width asked for; a side off the step is a 422."""
+    step = serving_pipe.pixel_step
+    wide = {"images": [png_b64((48, 24))], "steps": 2, "keep_shape": True}
+    r = client.post("/invert", json=wide)
+    assert r.status_code == 200, r.text
+    w, h = decode_png(r.json()["reconstructions"][0]).size
+    assert w > h and w % step == 0 and h % step == 0 and abs(w / h - 2) < 0.5
+    r = client.post("/edit", json={**wide, "target_class": "Bag", "strength": 0.5, "height": 2 * step, "width": 4 * step})
+    assert r.status_code == 200, r.text
+    assert decode_png(r.json()["images"][0]).size == (4 * step, 2 * step)
+    r = client.post("/invert", json={**wide, "height": step + 1})
+    assert r.status_code == 422 and "multiple" in r.json()["detail"]
+    r = client.post("/invert", json={**wide, "images": [png_b64((48, 24)), png_b64((24, 48))]})
+    assert r.status_code == 422 and "different shapes" in r.json()["detail"]
+
+
 def test_edit_class_and_sdedit(client, held_out):
     images, labels = held_out
     img = tensor_to_b64png(images[:1])
