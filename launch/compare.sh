@@ -9,8 +9,10 @@
 # saved as OUT/models/FAMILY@B and training continues from that checkpoint to the next budget.
 # Families: ldm (latent diffusion on the KL-f4 latents), pixel (the same UNet family on pixels),
 # gan, flow, ar (pixel autoregressive), and vae (the stage-1 autoencoder's prior, one row).
-# The report (report.md, curves.png, sampling.png, sample grids) and the commands it ran
-# (commands.txt) are written to OUT.
+# The report (report.md with the verdict table, curves.png, sampling.png, sample grids) and the
+# commands it ran (commands.txt) are written to OUT. A pass with BUDGETS="0.3 0.6" TRAIN_LIMIT=3000
+# ran every step up to the report here; the report's AR rows (1,024 sampling steps per image) are
+# its slowest part on a CPU: lower NUM for short passes.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -33,6 +35,10 @@ DATA="$WORK/data"
 [ -f "$DATA/train/manifest.json" ] || run "$LDM" data pack builtin:fashion-mnist "$DATA/train" --image-size 32 --split train \
   ${TRAIN_LIMIT:+--limit "$TRAIN_LIMIT"}
 [ -f "$DATA/test/manifest.json" ] || run "$LDM" data pack builtin:fashion-mnist "$DATA/test" --image-size 32 --split test
+
+# the classifier behind the report's class-accuracy column (its test accuracy is the ceiling)
+[ -f "$WORK/classifier/classifier.json" ] || run "$LDM" eval train-classifier "$DATA/train" --test-shards "$DATA/test" \
+  --out "$WORK/classifier"
 
 needs_ae=0
 for f in $FAMILIES; do [ "$f" = ldm ] && needs_ae=1; done
@@ -81,5 +87,5 @@ done
 [ "$needs_ae" = 1 ] && models+=("vae=$WORK/stage1/autoencoder")
 
 run "$LDM" report "${models[@]}" --test-shards "$DATA/test" --train-shards "$DATA/train" --num "$NUM" \
-  --ldm-steps "$LDM_STEPS" --out "$OUT"
+  --ldm-steps "$LDM_STEPS" --classifier "$WORK/classifier" --out "$OUT"
 echo "report: $OUT/report.md"
