@@ -14,7 +14,7 @@ def test_cli_choices_are_the_registry():
 
     sub = next(a for a in build_parser()._actions if a.dest == "command")
     family_arg = next(a for a in sub.choices["train-baseline"]._actions if a.dest == "family")
-    assert tuple(family_arg.choices) == FAMILIES == ("gan", "flow", "ar")
+    assert tuple(family_arg.choices) == FAMILIES == ("gan", "flow", "ar", "vq-ar")
 
 
 @pytest.mark.parametrize("name", FAMILIES)

@@ -11,9 +11,6 @@ from typing import Any, Union, get_args, get_origin, get_type_hints
 
 import pytest
 
-from ldm_system.baselines.autoregressive import ARRunConfig
-from ldm_system.baselines.flow import FlowRunConfig
-from ldm_system.baselines.gan import GANRunConfig
 from ldm_system.config import ConfigError, from_dict, load_config
 from ldm_system.config_ranges import CHECKS, RANGES, RELATIONS, Range
 from ldm_system.data.pack import PackConfig
@@ -28,9 +25,10 @@ AR = CONFIGS / "baselines" / "ar-debug.yaml"
 
 
 def _run_class(path: Path) -> type:
+    from ldm_system.baselines.registry import lookup
+
     by_folder = {"ldm": LDMRunConfig, "autoencoder": AERunConfig}
-    by_family = {"gan": GANRunConfig, "flow": FlowRunConfig, "ar": ARRunConfig}
-    return by_folder.get(path.parent.name) or by_family[path.stem.split("-")[0]]
+    return by_folder.get(path.parent.name) or lookup(path.stem.rsplit("-", 1)[0]).config  # gan-fmnist → gan
 
 
 def _numbers(tp: Any) -> bool:
