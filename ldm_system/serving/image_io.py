@@ -46,8 +46,8 @@ def tensor_to_b64png(images: torch.Tensor) -> list[str]:
     return out
 
 
-def _open_b64(data: str, max_side: int, name: str) -> Image.Image:
-    """A base64 image opened (not yet decoded), its declared size checked against `max_side`."""
+def b64_bytes(data: str, name: str = "image") -> bytes:
+    """The bytes of a base64 upload (an optional `data:image/...;base64,` prefix is accepted)."""
     if data.startswith("data:"):
         data = data.partition(",")[2]
     try:
@@ -56,6 +56,11 @@ def _open_b64(data: str, max_side: int, name: str) -> Image.Image:
         raise ImageDecodeError(f"{name}: not valid base64") from None
     if not raw:
         raise ImageDecodeError(f"{name}: empty image")
+    return raw
+
+
+def _open(raw: bytes, max_side: int, name: str) -> Image.Image:
+    """An encoded image opened (not yet decoded), its declared size checked against `max_side`."""
     try:
         im = Image.open(io.BytesIO(raw))
     except Exception:  # UnidentifiedImageError, DecompressionBombError, ...: all mean "not usable"
@@ -74,14 +79,12 @@ def _load(im: Image.Image, name: str) -> Image.Image:
     return im
 
 
-def b64_to_tensor(data: str, size: int, channels: int, resize: bool = False, max_side: int = 2048,
-                  name: str = "image") -> torch.Tensor:
-    """Decode a base64 image (PNG, JPEG, …; an optional `data:image/...;base64,` prefix is accepted).
-
-    `max_side` bounds the *declared* size before any pixel is decoded, so a tiny upload that claims to
-    be 50 000 x 50 000 is refused without allocating it.
-    """
-    im = _open_b64(data, max_side, name)
+def bytes_to_tensor(raw: bytes, size: int, channels: int, resize: bool = False, max_side: int = 2048,
+                    name: str = "image") -> torch.Tensor:
+    """Decode an encoded image (PNG, JPEG, …) for the model: exactly size x size, or with `resize` the
+    resize policy. `max_side` bounds the *declared* size before any pixel is decoded, so a tiny
+    upload that claims to be 50 000 x 50 000 is refused without allocating it."""
+    im = _open(raw, max_side, name)
     w, h = im.size
     if (w, h) != (size, size) and not resize:
         raise ImageSizeError(
@@ -91,15 +94,21 @@ def b64_to_tensor(data: str, size: int, channels: int, resize: bool = False, max
     return fit_to_tensor(_load(im, name), size, channels)
 
 
-def b64_to_kept_shape(data: str, size: int, channels: int, step: int, height: int | None = None,
-                      width: int | None = None, max_side: int = 2048, name: str = "image") -> torch.Tensor:
-    """Decode a base64 image keeping its aspect: about size² pixels with sides multiples of `step`
+def b64_to_tensor(data: str, size: int, channels: int, resize: bool = False, max_side: int = 2048,
+                  name: str = "image") -> torch.Tensor:
+    """`bytes_to_tensor` of a base64 upload."""
+    return bytes_to_tensor(b64_bytes(data, name), size, channels, resize, max_side, name)
+
+
+def bytes_to_kept_shape(raw: bytes, size: int, channels: int, step: int, height: int | None = None,
+                        width: int | None = None, max_side: int = 2048, name: str = "image") -> torch.Tensor:
+    """Decode an encoded image keeping its aspect: about size² pixels with sides multiples of `step`
     (`images.kept_shape`, the buckets' rule), or height x width where given."""
-    im = _load(_open_b64(data, max_side, name), name)
+    im = _load(_open(raw, max_side, name), name)
     return fit_to_shape(im, kept_shape(im.width, im.height, size, step, height, width), channels)
 
 
 __all__ = [
-    "ImageDecodeError", "ImageSizeError", "LoadedImage", "b64_to_kept_shape", "b64_to_tensor", "open_image_file", "pil_to_tensor", "resize_and_center_crop",
+    "ImageDecodeError", "ImageSizeError", "LoadedImage", "b64_bytes", "b64_to_tensor", "bytes_to_kept_shape", "bytes_to_tensor", "open_image_file", "pil_to_tensor", "resize_and_center_crop",
     "save_pngs", "tensor_to_b64png", "tensor_to_pils",
 ]

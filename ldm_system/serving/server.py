@@ -47,8 +47,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from ldm_system.diffusion.samplers import SAMPLERS
 from ldm_system.serving import requests
 from ldm_system.serving.guards import REQUEST_ID, Guards
-from ldm_system.serving.image_io import (ImageDecodeError, ImageSizeError, b64_to_kept_shape, b64_to_tensor,
-                                         tensor_to_b64png)
+from ldm_system.serving.image_io import (ImageDecodeError, ImageSizeError, b64_bytes, bytes_to_kept_shape,
+                                         bytes_to_tensor, tensor_to_b64png)
 from ldm_system.serving.progress import ProgressBoard, RequestIdInUse, invert_steps
 from ldm_system.serving.requests import HTTP, Limits
 from ldm_system.serving.scheduler import TIMED_OUT, BatchingConfig, Job, QueueFull, Scheduler, Stopped
@@ -94,8 +94,9 @@ _BACKSTOP_S = 30.0
 
 async def _disconnected(request: Request) -> None:
     """Return when the client goes away (the body has been read, so the next message is the disconnect)."""
-    while (await request.receive())["type"] != "http.disconnect":
-        pass
+    message = await request.receive()
+    while message["type"] != "http.disconnect":
+        message = await request.receive()
 
 
 class _Handlers:
@@ -128,13 +129,14 @@ class _Handlers:
         for i, s in enumerate(data):
             name = f"images[{i}]"
             try:
-                check_upload(s, self.limits.max_input_pixels, name=name)
+                raw = b64_bytes(s, name)  # decoded once: the checks and the decode read the same bytes
+                check_upload(raw, self.limits.max_input_pixels, name=name)
                 if keep:
-                    out.append(b64_to_kept_shape(s, p.image_size, p.image_channels, p.pixel_step, body.height,
-                                                 body.width, max_side=self.limits.max_input_side, name=name))
+                    out.append(bytes_to_kept_shape(raw, p.image_size, p.image_channels, p.pixel_step, body.height,
+                                                   body.width, max_side=self.limits.max_input_side, name=name))
                     continue
-                out.append(b64_to_tensor(s, p.image_size, p.image_channels, resize=body.resize,
-                                         max_side=self.limits.max_input_side, name=name))
+                out.append(bytes_to_tensor(raw, p.image_size, p.image_channels, resize=body.resize,
+                                           max_side=self.limits.max_input_side, name=name))
             except UploadRejected as e:
                 raise HTTPException(e.status, str(e)) from None
             except ImageSizeError as e:

@@ -4,12 +4,10 @@ Only PNG, JPEG and WebP are taken, recognised by their first bytes (other format
 such as GIF, BMP or TIFF, are refused with 415). The pixel count is read from the header: an
 image that declares more than the server's `max_input_pixels` (a decompression bomb: a small file
 that claims 50 000 x 50 000 pixels) is refused with 413 without allocating it. The rest (the side
-limit, the size policy, the decode) is `image_io.b64_to_tensor`.
+limit, the size policy, the decode) is `image_io.bytes_to_tensor`.
 """
 from __future__ import annotations
 
-import base64
-import binascii
 import io
 import warnings
 
@@ -41,15 +39,9 @@ def image_format(raw: bytes) -> str | None:
     return None
 
 
-def check_upload(data: str, max_pixels: int, name: str = "image") -> None:
-    """Refuse a base64 upload that is not PNG/JPEG/WebP (415) or declares more than `max_pixels`
-    pixels (413). Bad base64 and unreadable headers raise ImageDecodeError (400)."""
-    if data.startswith("data:"):
-        data = data.partition(",")[2]
-    try:
-        raw = base64.b64decode(data, validate=True)
-    except (binascii.Error, ValueError):
-        raise ImageDecodeError(f"{name}: not valid base64") from None
+def check_upload(raw: bytes, max_pixels: int, name: str = "image") -> None:
+    """Refuse an upload (its bytes, `image_io.b64_bytes`) that is not PNG/JPEG/WebP (415) or declares
+    more than `max_pixels` pixels (413). An unreadable header raises ImageDecodeError (400)."""
     fmt = image_format(raw)
     if fmt is None:
         other = next((label for magic, label in _OTHER_FORMATS if raw.startswith(magic)), None)

@@ -3,6 +3,7 @@ small clients (httpx, raw sockets) for what httpx will not send."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import os
 import socket
@@ -81,11 +82,9 @@ def wait_healthy(proc: subprocess.Popen, url: str, timeout: float = 180) -> None
     deadline = time.monotonic() + timeout
     while True:
         assert proc.poll() is None, proc.stdout.read()
-        try:
+        with contextlib.suppress(httpx.TransportError):  # not listening yet
             if httpx.get(f"{url}/health", timeout=5).status_code == 200:
                 return
-        except httpx.TransportError:
-            pass
         assert time.monotonic() < deadline, "ldm serve did not come up"
         time.sleep(0.5)
 
