@@ -63,7 +63,9 @@ def verdict_rows(rows) -> list[tuple[str, str, str]]:
         else:
             out.append((text, f"{numbers()} (rule: {rule})", "supported" if holds() else "refuted"))
 
-    others = [r for r in (ldm, pixel, vae, flow, ar) if r is not None]
+    models = [r for r in (ldm, pixel, gan, vae, flow, ar) if r is not None]
+    best_fd_but = lambda x: min(r.fd for r in models if r is not x)  # noqa: E731
+    median_spi_but = lambda x: _median([r.seconds_per_image for r in models if r is not x])  # noqa: E731
     claim("GANs give sharp samples but collapse modes", [gan, data],
           lambda: f"GAN sharpness {rel(gan):.2f}× data, precision {gan.precision:.3f}, recall {gan.recall:.3f}",
           lambda: rel(gan) >= 0.7 and gan.recall < 0.5 * gan.precision, "sharpness ≥ 0.7× data and recall < ½ precision")
@@ -72,22 +74,19 @@ def verdict_rows(rows) -> list[tuple[str, str, str]]:
           lambda: rel(vae) < 0.7, "sharpness < 0.7× data")
     claim("Flows give exact likelihood but weaker samples", [flow] + ([ldm] if ldm is not None else [gan]),
           lambda: f"flow {flow.bits_per_dim:.3f} bits/dim, FD {flow.fd:.1f} vs best other FD "
-                  f"{min(r.fd for r in others + ([gan] if gan else []) if r is not flow):.1f}",
-          lambda: flow.bits_per_dim is not None and flow.fd > min(r.fd for r in others + ([gan] if gan else [])
-                                                                  if r is not flow),
+                  f"{best_fd_but(flow):.1f}",
+          lambda: flow.bits_per_dim is not None and flow.fd > best_fd_but(flow),
           "a finite bits/dim and an FD above the best family's")
     claim("Autoregressive models are slow to sample", [ar],
           lambda: f"AR {ar.seconds_per_image:.3f} s/image vs median of the others "
-                  f"{_median([r.seconds_per_image for r in others + ([gan] if gan else []) if r is not ar]):.3f}",
-          lambda: ar.seconds_per_image > 2 * _median([r.seconds_per_image for r in others + ([gan] if gan else [])
-                                                      if r is not ar]),
+                  f"{median_spi_but(ar):.3f}",
+          lambda: ar.seconds_per_image > 2 * median_spi_but(ar),
           "> 2× the others' median s/image")
-    fams = [r for r in (gan, vae, flow, ar, pixel) if r is not None]
-    claim("Diffusion gives the best quality but samples slowly", [ldm] + ([fams[0]] if fams else [None]),
-          lambda: f"LDM FD {ldm.fd:.1f} vs best other {min(r.fd for r in fams):.1f}; {ldm.seconds_per_image:.3f} s/image "
-                  f"vs GAN {gan.seconds_per_image:.4f}" if gan else f"LDM FD {ldm.fd:.1f} vs best other "
-                  f"{min(r.fd for r in fams):.1f}",
-          lambda: ldm.fd <= min(r.fd for r in fams) and (gan is None or ldm.seconds_per_image > gan.seconds_per_image),
+    others_than_ldm = [r for r in models if r is not ldm]
+    speed = f"; {ldm.seconds_per_image:.3f} s/image vs GAN {gan.seconds_per_image:.4f}" if ldm and gan else ""
+    claim("Diffusion gives the best quality but samples slowly", [ldm, others_than_ldm[0] if others_than_ldm else None],
+          lambda: f"LDM FD {ldm.fd:.1f} vs best other {best_fd_but(ldm):.1f}{speed}",
+          lambda: ldm.fd <= best_fd_but(ldm) and (gan is None or ldm.seconds_per_image > gan.seconds_per_image),
           "lowest FD, and slower than the GAN")
     claim("Latent diffusion is far cheaper than pixel diffusion", [ldm, pixel],
           lambda: _cheaper_numbers(rows, pixel),
