@@ -16,8 +16,6 @@ import inspect
 import json
 from pathlib import Path
 
-import torch
-
 from autoencoders.config import AutoencoderConfig, QuantizerConfig
 from autoencoders.weights import read_weights, weight_file
 

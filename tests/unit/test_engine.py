@@ -2,15 +2,12 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
-from torch import nn
 
 from ldm_system.train import checkpoint as ckpt
 from ldm_system.train.engine import NonFiniteLossError, Trainer
-from ldm_system.train.engine_config import EngineConfig
 from ldm_system.train.prepare import warmup_cosine
 from ldm_system.train.task import Task
 from engine_toys import ToyStream, ToyTask, toy_cfg as _cfg
