@@ -8,27 +8,35 @@
 # Each family trains once, resuming (not restarting) at every budget: after budget B its model is
 # saved as OUT/models/FAMILY@B and training continues from that checkpoint to the next budget.
 # Families: ldm (latent diffusion on the KL-f4 latents), pixel (the same UNet family on pixels),
-# gan, flow, ar (pixel autoregressive), and vae (the stage-1 autoencoder's prior, one row).
-# The report (report.md with the verdict table, curves.png, sampling.png, sample grids) and the
-# commands it ran (commands.txt) are written to OUT. A pass with BUDGETS="0.3 0.6" TRAIN_LIMIT=3000
+# gan, flow, ar (pixel autoregressive), vq-ar (autoregressive over VQ-f4 code indices; its VQ stage 1
+# trains for AE_MINUTES first), and vae (the KL stage-1 autoencoder's prior, one row).
+# SEEDS="0 1 2" trains each family once per seed (train.seed and data.seed): seed 0 is FAMILY@B, the
+# others FAMILY@B#SEED, and the report's verdict table reads the FD spread across them.
+# The report covers every model under WORK/models, including earlier passes'; scores are cached in
+# WORK/scores, so a grown comparison samples only its new models. The report (report.md with the
+# verdict table, curves.png, sampling.png, sample grids) is written to OUT, and every pass appends
+# the commands it ran to OUT/commands.txt. A pass with BUDGETS="0.3 0.6" TRAIN_LIMIT=3000
 # ran every step up to the report here; the report's AR rows (1,024 sampling steps per image) are
 # its slowest part on a CPU: lower NUM for short passes.
 set -euo pipefail
+{  # the whole script is read before it runs: editing it during a pass cannot change that pass
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 BUDGETS="${BUDGETS:-5 10 20 40}"
-FAMILIES="${FAMILIES:-ldm pixel gan flow ar}"
+FAMILIES="${FAMILIES:-ldm pixel gan flow ar vq-ar}"
+SEEDS="${SEEDS:-0}"
 OUT="${OUT:-docs/report}"
 WORK="${WORK:-outputs/compare}"
 NUM="${NUM:-500}"
 TRAIN_LIMIT="${TRAIN_LIMIT:-}"  # pack only the first N training images (default: all 60000)
 LDM_STEPS="${LDM_STEPS:-50,25,10}"
 AE_MINUTES="${AE_MINUTES:-5}"
+REPORT="${REPORT:-1}"           # REPORT=0: train and save models only (a later pass writes the report)
 LDM="${LDM:-$ROOT/.venv/bin/ldm}"
 export TORCH_EXTENSIONS_DIR="${TORCH_EXTENSIONS_DIR:-$ROOT/.venv/torch_extensions}"
 mkdir -p "$OUT" "$WORK/models"
 LOG="$OUT/commands.txt"
-: > "$LOG"
+echo "# pass of $(date -u +%Y-%m-%dT%H:%MZ): BUDGETS=\"$BUDGETS\" FAMILIES=\"$FAMILIES\" SEEDS=\"$SEEDS\"" >> "$LOG"
 run() { echo "$*" >> "$LOG"; echo "+ $*"; "$@"; }
 
 DATA="$WORK/data"
@@ -40,8 +48,8 @@ DATA="$WORK/data"
 [ -f "$WORK/classifier/classifier.json" ] || run "$LDM" eval train-classifier "$DATA/train" --test-shards "$DATA/test" \
   --out "$WORK/classifier"
 
-needs_ae=0
-for f in $FAMILIES; do [ "$f" = ldm ] && needs_ae=1; done
+needs_ae=0 needs_vq=0
+for f in $FAMILIES; do [ "$f" = ldm ] && needs_ae=1; [ "$f" = vq-ar ] && needs_vq=1; done
 if [ "$needs_ae" = 1 ] && [ ! -f "$WORK/stage1/autoencoder/autoencoder.json" ]; then
   run "$LDM" train-ae --config configs/autoencoder/fmnist-kl-f4.yaml --set "data.shards=$DATA/train" \
     --set "train.out_dir=$WORK/stage1" --set "train.max_minutes=$AE_MINUTES" --set train.steps=1000000
@@ -50,11 +58,18 @@ if [ "$needs_ae" = 1 ] && [ ! -f "$WORK/latents/manifest.json" ]; then
   run "$LDM" data encode --autoencoder "$WORK/stage1/autoencoder" "$DATA/train" "$WORK/latents" --overwrite
 fi
 
-# train FAMILY to the next budget (resuming after the first), then keep its model as FAMILY@BUDGET
+if [ "$needs_vq" = 1 ] && [ ! -f "$WORK/stage1-vq/autoencoder/autoencoder.json" ]; then
+  run "$LDM" train-ae --config configs/autoencoder/fmnist-vq-f4.yaml --set "data.shards=$DATA/train" \
+    --set "train.out_dir=$WORK/stage1-vq" --set "train.max_minutes=$AE_MINUTES" --set train.steps=1000000
+fi
+
+# train FAMILY (at SEED) to the next budget (resuming after the first), then keep its model as FAMILY@BUDGET
 train_to() {
-  local family="$1" minutes="$2" resume="$3" run_dir="$WORK/runs/$1"
+  local family="$1" minutes="$2" resume="$3" seed="$4" run_dir
+  run_dir="$(run_dir "$family" "$seed")"
   local common=(--set "train.out_dir=$run_dir" --set "train.max_minutes=$minutes" --set train.steps=1000000
-                --set train.lr.schedule=constant --set train.checkpoint.every=1000000)
+                --set train.lr.schedule=constant --set train.checkpoint.every=1000000
+                --set "train.seed=$seed" --set "data.seed=$seed")
   [ "$resume" = 1 ] && common+=(--resume latest)
   case "$family" in
     ldm)   run "$LDM" train --config configs/ldm/fmnist-kl-f4.yaml --set "data.shards=$WORK/latents" "${common[@]}" ;;
@@ -62,30 +77,49 @@ train_to() {
     gan|flow|ar)
            run "$LDM" train-baseline "$family" --config "configs/baselines/$family-fmnist.yaml" \
              --set "data.shards=$DATA/train" "${common[@]}" ;;
-    *) echo "unknown family $family (ldm pixel gan flow ar)" >&2; exit 2 ;;
+    vq-ar) run "$LDM" train-baseline vq-ar --config configs/baselines/vq-ar-fmnist.yaml \
+             --set "data.shards=$DATA/train" --set "autoencoder=$WORK/stage1-vq/autoencoder" "${common[@]}" ;;
+    *) echo "unknown family $family (ldm pixel gan flow ar vq-ar)" >&2; exit 2 ;;
   esac
 }
 
-models=()
-for family in $FAMILIES; do
-  done_minutes=0
-  resume=0
-  for budget in $BUDGETS; do
-    inc=$(python3 -c "print(max(0.1, $budget - $done_minutes))")
-    train_to "$family" "$inc" "$resume"
-    dest="$WORK/models/$family@$budget"
-    rm -rf "$dest"
-    case "$family" in
-      ldm|pixel) run "$LDM" export "$WORK/runs/$family" "$dest" ;;
-      *) run cp -r "$WORK/runs/$family/model" "$dest" ;;
-    esac
-    models+=("$family@$budget=$dest")
-    done_minutes=$budget
-    resume=1
+# seed 0 keeps the plain names (runs/FAMILY, FAMILY@B); another seed adds #SEED to both
+run_dir() { [ "$2" = 0 ] && echo "$WORK/runs/$1" || echo "$WORK/runs/$1#$2"; }
+model_name() { [ "$3" = 0 ] && echo "$1@$2" || echo "$1@$2#$3"; }
+
+for seed in $SEEDS; do
+  for family in $FAMILIES; do
+    done_minutes=0
+    resume=0
+    for budget in $BUDGETS; do
+      inc=$(python3 -c "print(max(0.1, $budget - $done_minutes))")
+      name="$(model_name "$family" "$budget" "$seed")"
+      dest="$WORK/models/$name"
+      if [ -f "$dest/.complete" ]; then  # an earlier pass (stopped later on) reached this budget
+        echo "= $name: saved by an earlier pass"
+      else
+        train_to "$family" "$inc" "$resume" "$seed"
+        rm -rf "$dest"
+        case "$family" in
+          ldm|pixel) run "$LDM" export "$(run_dir "$family" "$seed")" "$dest" ;;
+          *) run cp -r "$(run_dir "$family" "$seed")/model" "$dest" ;;
+        esac
+        touch "$dest/.complete"
+      fi
+      done_minutes=$budget
+      resume=1
+    done
   done
 done
-[ "$needs_ae" = 1 ] && models+=("vae=$WORK/stage1/autoencoder")
+# the report covers every model saved under WORK/models, so a comparison can grow pass by pass
+# (another family, another seed) and `--cache` re-scores only what is new
+models=()
+for dest in "$WORK"/models/*/; do dest="${dest%/}"; models+=("$(basename "$dest")=$dest"); done
+[ -f "$WORK/stage1/autoencoder/autoencoder.json" ] && models+=("vae=$WORK/stage1/autoencoder")
 
+[ "$REPORT" = 1 ] || { echo "models in $WORK/models (REPORT=0: no report)"; exit 0; }
 run "$LDM" report "${models[@]}" --test-shards "$DATA/test" --train-shards "$DATA/train" --num "$NUM" \
-  --ldm-steps "$LDM_STEPS" --classifier "$WORK/classifier" --out "$OUT"
+  --ldm-steps "$LDM_STEPS" --classifier "$WORK/classifier" --cache "$WORK/scores" --out "$OUT"
 echo "report: $OUT/report.md"
+exit 0
+}

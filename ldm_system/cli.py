@@ -177,7 +177,7 @@ def cmd_report(a: argparse.Namespace) -> int:
     models = parse_models(a.models)
     run_report(models, a.test_shards, a.out, num=a.num, train_shards=a.train_shards, seed=a.seed,
                ldm_steps=a.ldm_steps, ldm_guidance=a.ldm_guidance, bpd_images=a.bpd_images, classifier=a.classifier,
-               feature_net=a.feature_net)
+               feature_net=a.feature_net, cache=a.cache)
     print(f"report: {Path(a.out) / 'report.md'} (figure: {Path(a.out) / 'report.png'})")
     return 0
 
@@ -290,6 +290,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="DDIM steps for diffusion models; several (50,25,10) add rows for the FD-vs-sampling-time curve")
     p.add_argument("--ldm-guidance", type=float, default=1.0)
     p.add_argument("--classifier", default=None, help="an `ldm eval train-classifier` folder: adds class accuracy")
+    p.add_argument("--cache", default=None, metavar="DIR",
+                   help="keep each model's score here and read it back while the model's files and the evaluation "
+                        "settings are unchanged (a grown comparison re-samples only its new models)")
     p.add_argument("--feature-net", default="effnet-lite0", choices=("effnet-lite0", "inception-v3"),
                    help="features for FD/KID: EfficientNet-Lite0 (offline, not comparable to FID) or Inception-v3 "
                         "(real FID; needs pytorch_fid and its weights on disk, nothing is downloaded)")

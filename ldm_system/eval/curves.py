@@ -2,13 +2,16 @@
 
 `ldm report` names each model `NAME=DIR`; a name `FAMILY@MINUTES` (e.g. `gan@10`, `ldm@40`) marks a
 model saved after that many training minutes, so one report holds every family at several budgets
-(`launch/compare.sh` trains them, resuming between budgets). This module turns the scored rows into
+(`launch/compare.sh` trains them, resuming between budgets). `FAMILY@MINUTES#SEED` (`gan@4#1`) is the
+same family and budget trained from another seed: such rows give the FD spread across seeds (training
+stability) and stay out of the curves, which follow seed 0. This module turns the scored rows into
 
 - a table per family: minutes, optimizer steps (from the model folder), FD, KID, s/image;
 - `curves.png`: FD against training minutes, one line per family (log-scaled x);
 - `sampling.png`: FD against sampling seconds per image, one line per model — a diffusion model
   evaluated at several DDIM step counts (`--ldm-steps 50,25,10`: the first is its main row, the
-  others are rows named "NAME (DDIM-k)") draws its speed/quality curve.
+  others are rows named "NAME (DDIM-k)") draws its speed/quality curve;
+- a seed table: FD mean ± std per family and budget trained from several seeds.
 
 The plots are drawn with PIL (no plotting library is a dependency).
 """
@@ -16,20 +19,57 @@ from __future__ import annotations
 
 import math
 import re
+import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-BUDGET = re.compile(r"^(?P<family>[A-Za-z][\w-]*)@(?P<minutes>\d+(\.\d+)?)$")
+BUDGET = re.compile(r"^(?P<family>[A-Za-z][\w-]*)@(?P<minutes>\d+(\.\d+)?)(#(?P<seed>\d+))?$")
 COLOURS = [(31, 119, 180), (214, 39, 40), (44, 160, 44), (148, 103, 189), (255, 127, 14), (23, 190, 207),
            (140, 86, 75), (127, 127, 127)]
 
 
 def split_budget(name: str) -> tuple[str, float | None]:
-    """`gan@10` → ("gan", 10.0); a name without a budget → (name, None)."""
+    """`gan@10` (and `gan@10#2`) → ("gan", 10.0); a name without a budget → (name, None)."""
     m = BUDGET.match(name)
     return (m["family"], float(m["minutes"])) if m else (name, None)
+
+
+def seed_of(name: str) -> int:
+    """The training seed a name carries: `gan@4#2` → 2; every other name → 0."""
+    m = BUDGET.match(name.split(" (")[0])
+    return int(m["seed"]) if m and m["seed"] else 0
+
+
+def seed_groups(rows) -> dict[tuple[str, float], list]:
+    """(family, minutes) → its scored main rows, for budgets trained from two or more seeds."""
+    groups: dict[tuple[str, float], list] = {}
+    for r in rows:
+        family, minutes = split_budget(r.name)
+        if r.error is None and not r.setting and minutes is not None:
+            groups.setdefault((family, minutes), []).append(r)
+    return {k: sorted(v, key=lambda r: seed_of(r.name)) for k, v in groups.items()
+            if len({seed_of(r.name) for r in v}) > 1}
+
+
+def fd_spread(group: list) -> tuple[float, float]:
+    """(mean, sample std) of the FDs of one seed group."""
+    fds = [r.fd for r in group]
+    return statistics.fmean(fds), statistics.stdev(fds)
+
+
+def seed_table(rows) -> str:
+    """Markdown: FD per seed, mean ± std, per family and budget trained from several seeds."""
+    groups = seed_groups(rows)
+    if not groups:
+        return ""
+    lines = ["| family | minutes | seeds | FD per seed | FD mean ± std | std / mean |", "|---|---|---|---|---|---|"]
+    for (family, minutes), group in sorted(groups.items()):
+        mean, std = fd_spread(group)
+        per_seed = ", ".join(f"{r.fd:.1f}" for r in group)
+        lines.append(f"| {family} | {minutes:g} | {len(group)} | {per_seed} | {mean:.1f} ± {std:.1f} | {std / mean:.3f} |")
+    return "\n".join(lines)
 
 
 @dataclass(frozen=True)
@@ -103,6 +143,7 @@ def write_curves(rows, out: Path) -> list[Path]:
     written = []
     ok = [r for r in rows if r.error is None and r.family != "data"]
     budget = []
+    ok = [r for r in ok if seed_of(r.name) == 0]  # the curves follow seed 0; other seeds are a table
     for r in ok:
         family, minutes = split_budget(r.name)
         if minutes is not None and not r.setting:
@@ -123,4 +164,5 @@ def write_curves(rows, out: Path) -> list[Path]:
     return written
 
 
-__all__ = ["Point", "budget_table", "line_chart", "split_budget", "write_curves"]
+__all__ = ["Point", "budget_table", "fd_spread", "line_chart", "seed_groups", "seed_of", "seed_table", "split_budget",
+           "write_curves"]

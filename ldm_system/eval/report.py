@@ -33,13 +33,14 @@ from PIL import Image, ImageDraw
 from ldm_system.baselines import registry
 from ldm_system.baselines.common import MODEL_JSON
 from ldm_system.data.stream import first_images
-from ldm_system.eval.curves import budget_table, write_curves
+from ldm_system.eval.curves import budget_table, seed_table, write_curves
 from ldm_system.eval.features import EFFNET_FD_LABEL, build_feature_extractor
 from ldm_system.eval.verdict import sharpness, verdict_table
 from ldm_system.eval.ldm_generator import LDMGenerator
 from ldm_system.eval.metrics import frechet_distance_from_features, kernel_inception_distance, precision_recall
 from ldm_system.eval.classifier import SmallClassifier, conditional_accuracy, load_classifier
 from ldm_system.eval.protocols import ClassConditionalModel, GenerativeModel, LikelihoodModel
+from ldm_system.eval.score_cache import ScoreCache, score_key
 from ldm_system.eval.vae_generator import VAEPriorGenerator
 from ldm_system.artifacts.kinds import LDM_META, MODEL_INDEX, STAGE1_META
 from ldm_system.images import make_grid
@@ -209,6 +210,8 @@ def write_report(rows: list[Row], grids: dict[str, torch.Tensor], out: str | Pat
         text += "\n## Quality against training time\n\n" + table + "\n"
     for chart in write_curves(rows, out):
         text += f"\n![{chart.stem}]({chart.name})\n"
+    if table := seed_table(rows):
+        text += "\n## Training stability: FD across seeds\n\n" + table + "\n"
     text += "\n## The classic claims, against these numbers\n\n" + verdict_table(rows) + "\n"
     (out / "report.md").write_text(text)
     return out
@@ -232,10 +235,20 @@ def _trained_step(path: str | Path) -> int | None:
     return None
 
 
+def _row_from_dict(d: dict) -> Row:
+    return Row(**{k: (math.nan if v is None and k in ("fd", "kid", "kid_std") else v) for k, v in d.items()})
+
+
 def _score(rows: list[Row], grids: dict, name: str, family: str, gen: GenerativeModel, step: int | None,
-           setting: str, score) -> None:
+           setting: str, score, cache: ScoreCache, key: str) -> None:
     try:
-        row, samples = score(name, family, gen)
+        if (stored := cache.load(key)) is not None:
+            row, samples = _row_from_dict(stored[0]), stored[1]
+            row.name = name  # the same model may be listed under another name
+            print(f"[{name}] score read from the cache", flush=True)
+        else:
+            row, samples = score(name, family, gen)
+            cache.store(key, _jsonable(asdict(row)), samples)
     except ValueError as e:  # e.g. non-finite samples: report it, score the other models
         rows.append(Row(name, family, math.nan, math.nan, math.nan, None, math.nan, 0, error=str(e)))
         print(f"[{name}] failed: {e}", flush=True)
@@ -251,8 +264,11 @@ def _score(rows: list[Row], grids: dict, name: str, family: str, gen: Generative
 
 def run_report(models: dict[str, str], test_shards: str, out: str | Path, num: int = 500, train_shards: str | None = None,
                seed: int = 0, ldm_steps: int | Sequence[int] = 50, ldm_guidance: float = 1.0, bpd_images: int = 1000,
-               feature_net: str = "effnet-lite0", classifier: str | Path | None = None) -> list[Row]:
+               feature_net: str = "effnet-lite0", classifier: str | Path | None = None,
+               cache: str | Path | None = None) -> list[Row]:
     """Evaluate every NAME -> model folder on the same test images; write report.{md,json,png}.
+    `cache`: a folder where scores are kept and read back while a model's files are unchanged
+    (`eval/score_cache.py`).
 
     `ldm_steps`: one DDIM step count, or several (the first gives each diffusion model's main row,
     the others rows "NAME (DDIM-k)" for the sampling-time curve). Names `FAMILY@MINUTES` give the
@@ -276,18 +292,27 @@ def run_report(models: dict[str, str], test_shards: str, out: str | Path, num: i
     judge, judge_meta = load_classifier(classifier) if classifier else (None, {})
     score = lambda n, fam, g: evaluate(n, fam, g, test, test_feats, net, num, seed=seed, bpd_images=bpd_images,  # noqa: E731
                                        classifier=judge)
+    store = ScoreCache(cache)
+    evaluation = {"num": num, "seed": seed, "feature_net": feature_net, "bpd_images": bpd_images,
+                  "test": str(Path(test_shards).resolve()), "guidance": ldm_guidance,
+                  "classifier": str(Path(classifier).resolve()) if classifier else None}
     for name, (family, gen) in loaded.items():
         step = _trained_step(models[name])
-        _score(rows, grids, name, family, gen, step, "", score)
+        key = lambda setting: score_key(models[name], setting, evaluation)  # noqa: E731
+        main = f"DDIM-{steps[0]}" if isinstance(gen, LDMGenerator) else ""
+        _score(rows, grids, name, family, gen, step, "", score, store, key(main))
         if isinstance(gen, LDMGenerator):
             for k in steps[1:]:
                 gen.steps = k
-                _score(rows, grids, f"{name} (DDIM-{k})", family, gen, step, f"DDIM-{k}", score)
+                _score(rows, grids, f"{name} (DDIM-{k})", family, gen, step, f"DDIM-{k}", score, store,
+                       key(f"DDIM-{k}"))
             gen.steps = steps[0]
     settings = {"samples per model": num, "test images": test_shards, "bits/dim images": min(bpd_images, test.shape[0]),
                 "feature net": feature_net, "seed": seed,
                 "LDM sampler": f"DDIM-{steps[0]} (also {', '.join(map(str, steps[1:]))})" if steps[1:] else f"DDIM-{steps[0]}",
                 "LDM guidance": ldm_guidance, "threads": torch.get_num_threads()}
+    if store.hits:
+        settings["scores read from the cache"] = f"{store.hits} (their s/image were measured when first scored)"
     if judge is not None:
         settings["class accuracy"] = (f"our classifier ({classifier}), test accuracy {judge_meta['test_accuracy']:.3f}: "
                                       "the ceiling for a model")

@@ -16,7 +16,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from ldm_system.eval.curves import split_budget
+from ldm_system.eval.curves import fd_spread, seed_groups, seed_of, split_budget
 
 _LAPLACE = torch.tensor([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]])
 
@@ -32,7 +32,7 @@ def _latest(rows) -> dict[str, object]:
     """Per family, the scored row with the largest budget (main sampling setting only)."""
     best: dict[str, tuple[float, object]] = {}
     for r in rows:
-        if r.error is not None or r.setting:
+        if r.error is not None or r.setting or seed_of(r.name):  # seed 0 stands for its family
             continue
         family, minutes = split_budget(r.name)
         key = r.family if r.family in ("data", "vae") else family
@@ -44,7 +44,7 @@ def _latest(rows) -> dict[str, object]:
 
 def _time_to_reach(rows, family: str, target: float) -> float | None:
     """Fewest training minutes at which `family` reached FD <= target (None: never, or no budgets)."""
-    reached = [m for r in rows if r.error is None and not r.setting
+    reached = [m for r in rows if r.error is None and not r.setting and not seed_of(r.name)
                for f, m in [split_budget(r.name)] if f == family and m is not None and r.fd <= target]
     return min(reached) if reached else None
 
@@ -52,7 +52,8 @@ def _time_to_reach(rows, family: str, target: float) -> float | None:
 def verdict_rows(rows) -> list[tuple[str, str, str]]:
     """(claim, the numbers, verdict) for each classic claim."""
     by = _latest(rows)
-    data, ldm, pixel, gan, vae, flow, ar = (by.get(k) for k in ("data", "ldm", "pixel", "gan", "vae", "flow", "ar"))
+    data, ldm, pixel, gan, vae, flow, ar, vq_ar = (by.get(k) for k in ("data", "ldm", "pixel", "gan", "vae", "flow", "ar",
+                                                                      "vq-ar"))
     ref_sharp = data.sharpness if data is not None and data.sharpness else None
     rel = lambda r: None if r is None or ref_sharp is None or r.sharpness is None else r.sharpness / ref_sharp  # noqa: E731
     out: list[tuple[str, str, str]] = []
@@ -63,12 +64,18 @@ def verdict_rows(rows) -> list[tuple[str, str, str]]:
         else:
             out.append((text, f"{numbers()} (rule: {rule})", "supported" if holds() else "refuted"))
 
-    models = [r for r in (ldm, pixel, gan, vae, flow, ar) if r is not None]
+    models = [r for r in (ldm, pixel, gan, vae, flow, ar, vq_ar) if r is not None]
     best_fd_but = lambda x: min(r.fd for r in models if r is not x)  # noqa: E731
     median_spi_but = lambda x: _median([r.seconds_per_image for r in models if r is not x])  # noqa: E731
     claim("GANs give sharp samples but collapse modes", [gan, data],
           lambda: f"GAN sharpness {rel(gan):.2f}× data, precision {gan.precision:.3f}, recall {gan.recall:.3f}",
           lambda: rel(gan) >= 0.7 and gan.recall < 0.5 * gan.precision, "sharpness ≥ 0.7× data and recall < ½ precision")
+    gan_seeds, ldm_seeds = _seeded_pair(rows, "gan", "ldm")
+    claim("GAN training is unstable", [gan_seeds, ldm_seeds],
+          lambda: f"FD over {len(gan_seeds[1])} seeds at {gan_seeds[0]:g} min: GAN {_spread_text(gan_seeds[1])}, "
+                  f"LDM {_spread_text(ldm_seeds[1])}",
+          lambda: _cv(gan_seeds[1]) > 2 * _cv(ldm_seeds[1]),
+          "the GAN's FD std/mean across seeds > 2× the LDM's")
     claim("VAEs are blurry", [vae, data],
           lambda: f"VAE sharpness {rel(vae):.2f}× data, FD {vae.fd:.1f}",
           lambda: rel(vae) < 0.7, "sharpness < 0.7× data")
@@ -79,7 +86,8 @@ def verdict_rows(rows) -> list[tuple[str, str, str]]:
           "a finite bits/dim and an FD above the best family's")
     claim("Autoregressive models are slow to sample", [ar],
           lambda: f"AR {ar.seconds_per_image:.3f} s/image vs median of the others "
-                  f"{median_spi_but(ar):.3f}",
+                  f"{median_spi_but(ar):.3f}" + ("" if vq_ar is None else
+                                                 f"; the VQ-token AR {vq_ar.seconds_per_image:.3f} s/image"),
           lambda: ar.seconds_per_image > 2 * median_spi_but(ar),
           "> 2× the others' median s/image")
     others_than_ldm = [r for r in models if r is not ldm]
@@ -93,6 +101,27 @@ def verdict_rows(rows) -> list[tuple[str, str, str]]:
           lambda: (_time_to_reach(rows, "ldm", pixel.fd) or math.inf) <= 0.25 * (split_budget(pixel.name)[1] or 0),
           "LDM reaches pixel diffusion's final FD in ≤ ¼ of its training time")
     return out
+
+
+def _seeded_pair(rows, a: str, b: str) -> tuple[tuple | None, tuple | None]:
+    """((minutes, rows of a), (minutes, rows of b)) at the largest budget both trained from several
+    seeds; (None, None) when there is none."""
+    groups = seed_groups(rows)
+    shared = [m for (f, m) in groups if f == a and (b, m) in groups]
+    if not shared:
+        return None, None
+    m = max(shared)
+    return (m, groups[(a, m)]), (m, groups[(b, m)])
+
+
+def _cv(group: list) -> float:
+    mean, std = fd_spread(group)
+    return std / mean
+
+
+def _spread_text(group: list) -> str:
+    mean, std = fd_spread(group)
+    return f"{mean:.1f} ± {std:.1f} (std/mean {std / mean:.3f})"
 
 
 def _cheaper_numbers(rows, pixel) -> str:

@@ -7,7 +7,8 @@ import pytest
 import torch
 from PIL import Image
 
-from ldm_system.eval.curves import Point, budget_table, line_chart, split_budget, write_curves
+from ldm_system.eval.curves import (Point, budget_table, line_chart, seed_groups, seed_of, seed_table, split_budget,
+                                    write_curves)
 from ldm_system.eval.report import Row
 
 
@@ -43,22 +44,32 @@ def test_chart_refuses_nothing_to_plot(tmp_path):
         line_chart([Point("a", float("nan"), 1.0)], tmp_path / "x.png", "t", "x", "y")
 
 
-def test_report_over_budgets_end_to_end(tmp_path):
-    """Two VAE folders named by budget: report.md gets the table and the training-time chart."""
+def _save_vae(folder, seed: int) -> str:
+    """A small random KL autoencoder saved as a stage-1 folder: the cheapest model `ldm report` scores."""
     from autoencoders.config import AutoencoderConfig
     from autoencoders.factory import build_autoencoder
     from autoencoders.io import save_autoencoder
-    from ldm_system.data.pack import pack
-    from ldm_system.eval.report import run_report
 
-    pack("builtin:fashion-mnist", tmp_path / "test", image_size=32, split="test", limit=40, shard_size=40)
     cfg = AutoencoderConfig(kind="kl", in_channels=1, channels=(8, 16, 16), f=4, latent_channels=3,
                             layers_per_block=1, norm_groups=8)
-    models = {}
-    for minutes in (1, 2):
-        torch.manual_seed(minutes)
-        save_autoencoder(build_autoencoder(cfg), cfg, 1.0, tmp_path / f"vae{minutes}")
-        models[f"vae@{minutes}"] = str(tmp_path / f"vae{minutes}")
+    torch.manual_seed(seed)
+    save_autoencoder(build_autoencoder(cfg), cfg, 1.0, folder)
+    return str(folder)
+
+
+def _vae_folders(tmp_path) -> dict[str, str]:
+    """40 test images packed under tmp_path/test, and vae@1, vae@2: two random VAE folders."""
+    from ldm_system.data.pack import pack
+
+    pack("builtin:fashion-mnist", tmp_path / "test", image_size=32, split="test", limit=40, shard_size=40)
+    return {f"vae@{k}": _save_vae(tmp_path / f"vae{k}", k) for k in (1, 2)}
+
+
+def test_report_over_budgets_end_to_end(tmp_path):
+    """Two VAE folders named by budget: report.md gets the table and the training-time chart."""
+    from ldm_system.eval.report import run_report
+
+    models = _vae_folders(tmp_path)
     rows = run_report(models, str(tmp_path / "test"), tmp_path / "out", num=20, bpd_images=20)
     assert [r.name for r in rows] == ["vae@1", "vae@2"] and all(r.family == "vae" for r in rows)
     md = (tmp_path / "out" / "report.md").read_text()
@@ -107,7 +118,8 @@ def test_verdict_table_reads_the_claims_off_the_rows():
             row("ar@10", "ar", 210.0, 0.6, 0.14, bpd=4.2)]
     rows[3].setting = "DDIM-10"
     verdicts = {c.split(" ")[0] + " " + c.split(" ")[1]: v for c, _, v in verdict_rows(rows)}
-    assert verdicts == {"GANs give": "supported", "VAEs are": "supported", "Flows give": "supported",
+    assert verdicts == {"GANs give": "supported", "GAN training": "not measured (a row is missing)",
+                        "VAEs are": "supported", "Flows give": "supported",
                         "Autoregressive models": "supported", "Diffusion gives": "supported",
                         "Latent diffusion": "refuted"}  # LDM reaches 100 at 5 min: not ≤ ¼ of 10 min
     table = verdict_table(rows)
@@ -116,3 +128,64 @@ def test_verdict_table_reads_the_claims_off_the_rows():
     flat, edges = torch.zeros(2, 1, 8, 8), torch.zeros(2, 1, 8, 8)
     edges[..., ::2] = 1.0
     assert sharpness(flat) == 0.0 and sharpness(edges) > 1.0
+
+
+def test_seeds_are_named_grouped_and_kept_out_of_the_curves(tmp_path):
+    assert split_budget("gan@4#2") == ("gan", 4.0) and seed_of("gan@4#2") == 2 and seed_of("gan@4") == 0
+    assert seed_of("ldm@4#1 (DDIM-10)") == 1 and seed_of("vae") == 0 and split_budget("gan@4#x") == ("gan@4#x", None)
+    rows = [_row("gan@4", 80.0), _row("gan@4#1", 100.0), _row("gan@4#2", 120.0), _row("gan@8#1", 70.0),
+            _row("ldm@4", 60.0, "ldm"), _row("ldm@4 (DDIM-10)", 65.0, "ldm", setting="DDIM-10")]
+    groups = seed_groups(rows)
+    assert list(groups) == [("gan", 4.0)] and [r.name for r in groups[("gan", 4.0)]] == ["gan@4", "gan@4#1", "gan@4#2"]
+    assert "| gan | 4 | 3 | 80.0, 100.0, 120.0 | 100.0 ± 20.0 | 0.200 |" in seed_table(rows)
+    assert seed_table(rows[:1]) == ""
+    # gan@8#1 is another seed, not a second budget of the seed-0 curve: no training-time chart
+    assert [p.name for p in write_curves(rows, tmp_path)] == ["sampling.png"]
+
+
+def test_verdict_on_training_stability_compares_seed_spreads():
+    from ldm_system.eval.verdict import verdict_rows
+
+    def stability(gan_fds, ldm_fds):
+        rows = [_row("data (train vs test)", 20.0, "data")]
+        for family, fds in (("gan", gan_fds), ("ldm", ldm_fds)):
+            rows += [_row(f"{family}@4" + (f"#{k}" if k else ""), fd, family) for k, fd in enumerate(fds)]
+        for r in rows:
+            r.sharpness = 0.2
+        return next((n, v) for c, n, v in verdict_rows(rows) if c == "GAN training is unstable")
+
+    numbers, verdict = stability([80.0, 100.0, 120.0], [60.0, 61.0, 59.0])
+    assert verdict == "supported" and "GAN 100.0 ± 20.0 (std/mean 0.200)" in numbers and "over 3 seeds at 4 min" in numbers
+    assert stability([80.0, 82.0, 81.0], [60.0, 70.0, 50.0])[1] == "refuted"
+    assert stability([80.0], [60.0, 61.0])[1] == "not measured (a row is missing)"  # one GAN seed only
+
+
+def test_report_cache_reads_back_unchanged_models_and_rescores_changed_ones(tmp_path, capsys):
+    """`--cache`: a second report reads every score back (same rows, same samples); retraining a model
+    (its files change) or a torn cache file makes it scored again; the other models stay cached."""
+    from ldm_system.eval.report import run_report
+
+    models = _vae_folders(tmp_path)
+    report = lambda name: run_report(models, str(tmp_path / "test"), tmp_path / name, num=20, bpd_images=20,  # noqa: E731
+                                     cache=tmp_path / "cache")
+    first = report("a")
+    assert len(list((tmp_path / "cache").glob("*.pt"))) == 2 and "read from the cache" not in capsys.readouterr().out
+    again = report("b")
+    assert "[vae@1] score read from the cache" in capsys.readouterr().out
+    assert [(r.name, r.fd, r.kid) for r in again] == [(r.name, r.fd, r.kid) for r in first]
+    settings = json.loads((tmp_path / "b" / "report.json").read_text())["settings"]
+    assert settings["scores read from the cache"].startswith("2 ")
+    # the same samples come back (kept in half precision): the grids differ by at most one 8-bit level
+    grid = lambda d: torch.tensor(list(Image.open(tmp_path / d / "samples_vae_1.png").convert("L").getdata()))  # noqa: E731
+    assert (grid("a") - grid("b")).abs().max() <= 1
+
+    _save_vae(tmp_path / "vae2", 7)  # "retrain" vae@2: new weights, new files
+    rescored = report("c")
+    out = capsys.readouterr().out
+    assert "[vae@1] score read from the cache" in out and "[vae@2] score read from the cache" not in out
+    assert rescored[1].fd != first[1].fd and rescored[0].fd == first[0].fd
+    for f in (tmp_path / "cache").glob("*.pt"):
+        f.write_bytes(b"torn")
+    report("d")
+    out = capsys.readouterr().out
+    assert "unreadable" in out and "read from the cache" not in out
