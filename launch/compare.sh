@@ -5,6 +5,8 @@
 #   BUDGETS="0.5 1" NUM=200 TRAIN_LIMIT=5000 bash launch/compare.sh   # a short pass through the same steps
 #   OUT=docs/report FAMILIES="ldm pixel gan" bash launch/compare.sh
 #
+# Budgets are CPU-minutes (train.budget_clock=cpu: the process's CPU time over its threads), so other
+# work on the machine does not shorten a family's training.
 # Each family trains once, resuming (not restarting) at every budget: after budget B its model is
 # saved as OUT/models/FAMILY@B and training continues from that checkpoint to the next budget.
 # Families: ldm (latent diffusion on the KL-f4 latents), pixel (the same UNet family on pixels),
@@ -52,7 +54,8 @@ needs_ae=0 needs_vq=0
 for f in $FAMILIES; do [ "$f" = ldm ] && needs_ae=1; [ "$f" = vq-ar ] && needs_vq=1; done
 if [ "$needs_ae" = 1 ] && [ ! -f "$WORK/stage1/autoencoder/autoencoder.json" ]; then
   run "$LDM" train-ae --config configs/autoencoder/fmnist-kl-f4.yaml --set "data.shards=$DATA/train" \
-    --set "train.out_dir=$WORK/stage1" --set "train.max_minutes=$AE_MINUTES" --set train.steps=1000000
+    --set "train.out_dir=$WORK/stage1" --set "train.max_minutes=$AE_MINUTES" --set train.steps=1000000 \
+    --set train.budget_clock=cpu
 fi
 if [ "$needs_ae" = 1 ] && [ ! -f "$WORK/latents/manifest.json" ]; then
   run "$LDM" data encode --autoencoder "$WORK/stage1/autoencoder" "$DATA/train" "$WORK/latents" --overwrite
@@ -60,7 +63,8 @@ fi
 
 if [ "$needs_vq" = 1 ] && [ ! -f "$WORK/stage1-vq/autoencoder/autoencoder.json" ]; then
   run "$LDM" train-ae --config configs/autoencoder/fmnist-vq-f4.yaml --set "data.shards=$DATA/train" \
-    --set "train.out_dir=$WORK/stage1-vq" --set "train.max_minutes=$AE_MINUTES" --set train.steps=1000000
+    --set "train.out_dir=$WORK/stage1-vq" --set "train.max_minutes=$AE_MINUTES" --set train.steps=1000000 \
+    --set train.budget_clock=cpu
 fi
 
 # train FAMILY (at SEED) to the next budget (resuming after the first), then keep its model as FAMILY@BUDGET
@@ -68,7 +72,7 @@ train_to() {
   local family="$1" minutes="$2" resume="$3" seed="$4" run_dir
   run_dir="$(run_dir "$family" "$seed")"
   local common=(--set "train.out_dir=$run_dir" --set "train.max_minutes=$minutes" --set train.steps=1000000
-                --set train.lr.schedule=constant --set train.checkpoint.every=1000000
+                --set train.lr.schedule=constant --set train.checkpoint.every=1000000 --set train.budget_clock=cpu
                 --set "train.seed=$seed" --set "data.seed=$seed")
   [ "$resume" = 1 ] && common+=(--resume latest)
   case "$family" in

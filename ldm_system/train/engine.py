@@ -250,8 +250,9 @@ class Trainer:
         return stats
 
     def _out_of_time(self, start: float) -> bool:
-        """Rank 0's clock decides, so every rank stops at the same step."""
-        late = torch.tensor([float(time.perf_counter() - start > 60.0 * self.cfg.max_minutes)], device=self.accelerator.device)
+        """Rank 0's clock (`budget_clock`) decides, so every rank stops at the same step."""
+        late = torch.tensor([float(budget_clock(self.cfg.budget_clock) - start > 60.0 * self.cfg.max_minutes)],
+                            device=self.accelerator.device)
         if self.accelerator.num_processes > 1:
             late = torch.tensor([float(self.accelerator.gather(late)[0])], device=self.accelerator.device)
         return bool(late.item())
@@ -279,7 +280,7 @@ class Trainer:
         stats: dict[str, float] = {}
         t0, seen = time.perf_counter(), 0
         batch = None
-        start = time.perf_counter()
+        start = budget_clock(cfg.budget_clock)
         while self.step < cfg.steps:
             if self.preempt.agreed(acc.device, lambda flag: acc.reduce(flag, "max")):
                 bar.close()
@@ -340,6 +341,14 @@ def _with_engine(run_config: Any, cfg: EngineConfig) -> Any:
     if run_config is not None and dataclasses.is_dataclass(run_config) and hasattr(run_config, "train"):
         return dataclasses.replace(run_config, train=cfg)
     return run_config
+
+
+def budget_clock(kind: str) -> float:
+    """Seconds on the clock that `train.max_minutes` counts: the wall clock, or ("cpu") this process's
+    CPU time over its torch threads, which other work on the machine does not advance."""
+    if kind == "cpu":
+        return time.process_time() / max(1, torch.get_num_threads())
+    return time.perf_counter()
 
 
 def _batch_len(batch: Any) -> int:

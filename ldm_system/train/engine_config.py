@@ -3,7 +3,8 @@
     train:
       out_dir: runs/mine          # the run folder
       steps: 2500                 # optimizer steps
-      max_minutes: 4.0            # wall-clock budget: stop early, checkpoint, exit cleanly (0 = none)
+      max_minutes: 4.0            # time budget: stop early, checkpoint, exit cleanly (0 = none)
+      budget_clock: wall          # "wall", or "cpu": the process's CPU time / its threads
       seed: 0
       grad_accum: null            # null = what `accelerate launch` says (launch_settings.py)
       mixed_precision: null       # "no" | "bf16" | "fp16"; null = the launcher's
@@ -69,7 +70,11 @@ class FaultConfig:
 class EngineConfig:
     out_dir: str = "runs/debug"
     steps: int = 100
-    max_minutes: float = 0.0  # wall-clock budget (0 = none): stop early, checkpoint, exit cleanly
+    max_minutes: float = 0.0  # time budget (0 = none): stop early, checkpoint, exit cleanly
+    # How max_minutes is counted. "wall": the clock on the wall. "cpu": this process's CPU time divided
+    # by its torch threads, i.e. minutes of the cores it was given: other work on the machine does not
+    # eat into the budget (comparisons at equal compute, launch/compare.sh).
+    budget_clock: Literal["wall", "cpu"] = "wall"
     seed: int = 0
     # null = what `accelerate launch` says (--mixed_precision / --gradient_accumulation_steps or its
     # config file); a value here that contradicts the launcher is an error (launch_settings.py).

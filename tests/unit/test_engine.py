@@ -111,3 +111,27 @@ def test_batch_len_counts_samples_of_every_batch_kind():
     assert not hasattr(b, "__iter__")
     assert _batch_len(torch.zeros(5, 2)) == 5
     assert _batch_len((torch.zeros(4, 2), torch.zeros(4))) == 4
+
+
+def test_cpu_budget_clock_ignores_time_the_process_is_not_computing(tmp_path):
+    """`train.budget_clock: cpu` counts this process's CPU time: time spent off the CPU (here a sleep
+    in every step, as when other work holds the cores) does not use up the budget; the wall clock does."""
+    import time
+
+    from ldm_system.train.engine import budget_clock
+
+    class Descheduled(ToyTask):
+        def losses(self, *a, **kw):
+            time.sleep(0.02)
+            return super().losses(*a, **kw)
+
+    wall0, cpu0 = budget_clock("wall"), budget_clock("cpu")
+    time.sleep(0.2)
+    assert budget_clock("wall") - wall0 >= 0.2 and budget_clock("cpu") - cpu0 < 0.05
+    budget = dict(max_minutes=0.003, ckpt_every=0, steps=60)  # 0.18 s
+    wall = Trainer(Descheduled(), ToyStream(), _cfg(tmp_path / "wall", **budget))
+    wall.fit()
+    cpu = Trainer(Descheduled(), ToyStream(), _cfg(tmp_path / "cpu", budget_clock="cpu", **budget))
+    cpu.fit()
+    assert wall.step <= 10 and cpu.step == 60  # 60 steps sleep 1.2 s: far past the wall budget
+    assert ckpt.resolve("latest", tmp_path / "wall" / "run").name == f"step_{wall.step:08d}"  # stopped cleanly
