@@ -12,6 +12,8 @@
 # Families: ldm (latent diffusion on the KL-f4 latents), pixel (the same UNet family on pixels),
 # gan, flow, ar (pixel autoregressive), vq-ar (autoregressive over VQ-f4 code indices; its VQ stage 1
 # trains for AE_MINUTES first), and vae (the KL stage-1 autoencoder's prior, one row).
+# The f trade-off: ldm-f2 and ldm-f8 are the LDM on KL-f2 and KL-f8 latents (each stage 1 trained for
+# AE_MINUTES like the f=4 one); with pixel (f = 1) and ldm (f = 4) the report draws tradeoff.png.
 # SEEDS="0 1 2" trains each family once per seed (train.seed and data.seed): seed 0 is FAMILY@B, the
 # others FAMILY@B#SEED, and the report's verdict table reads the FD spread across them.
 # The report covers every model under WORK/models, including earlier passes'; scores are cached in
@@ -50,22 +52,27 @@ DATA="$WORK/data"
 [ -f "$WORK/classifier/classifier.json" ] || run "$LDM" eval train-classifier "$DATA/train" --test-shards "$DATA/test" \
   --out "$WORK/classifier"
 
-needs_ae=0 needs_vq=0
-for f in $FAMILIES; do [ "$f" = ldm ] && needs_ae=1; [ "$f" = vq-ar ] && needs_vq=1; done
-if [ "$needs_ae" = 1 ] && [ ! -f "$WORK/stage1/autoencoder/autoencoder.json" ]; then
-  run "$LDM" train-ae --config configs/autoencoder/fmnist-kl-f4.yaml --set "data.shards=$DATA/train" \
-    --set "train.out_dir=$WORK/stage1" --set "train.max_minutes=$AE_MINUTES" --set train.steps=1000000 \
-    --set train.budget_clock=cpu
-fi
-if [ "$needs_ae" = 1 ] && [ ! -f "$WORK/latents/manifest.json" ]; then
-  run "$LDM" data encode --autoencoder "$WORK/stage1/autoencoder" "$DATA/train" "$WORK/latents" --overwrite
-fi
-
-if [ "$needs_vq" = 1 ] && [ ! -f "$WORK/stage1-vq/autoencoder/autoencoder.json" ]; then
-  run "$LDM" train-ae --config configs/autoencoder/fmnist-vq-f4.yaml --set "data.shards=$DATA/train" \
-    --set "train.out_dir=$WORK/stage1-vq" --set "train.max_minutes=$AE_MINUTES" --set train.steps=1000000 \
-    --set train.budget_clock=cpu
-fi
+# a family's stage 1, "CONFIG FOLDER": the KL-f4 autoencoder of the LDM (and of the VAE row), the f
+# trade-off's KL-f2 and KL-f8, the VQ-f4 of vq-ar; each trains for AE_MINUTES once, then LDMs get latents
+stage1_of() {
+  case "$1" in
+    ldm) echo "fmnist-kl-f4 stage1" ;;
+    ldm-f2|ldm-f8) echo "fmnist-kl-${1#ldm-} stage1-${1#ldm-}" ;;
+    vq-ar) echo "fmnist-vq-f4 stage1-vq" ;;
+  esac
+}
+for family in $FAMILIES; do
+  stage1="$(stage1_of "$family")"
+  [ -n "$stage1" ] || continue
+  config="${stage1% *}" dir="${stage1#* }"
+  [ -f "$WORK/$dir/autoencoder/autoencoder.json" ] || run "$LDM" train-ae --config "configs/autoencoder/$config.yaml" \
+    --set "data.shards=$DATA/train" --set "train.out_dir=$WORK/$dir" --set "train.max_minutes=$AE_MINUTES" \
+    --set train.steps=1000000 --set train.budget_clock=cpu
+  latents="$WORK/latents${dir#stage1}"  # stage1 → latents, stage1-f2 → latents-f2
+  if [ "$family" != vq-ar ] && [ ! -f "$latents/manifest.json" ]; then
+    run "$LDM" data encode --autoencoder "$WORK/$dir/autoencoder" "$DATA/train" "$latents" --overwrite
+  fi
+done
 
 # train FAMILY (at SEED) to the next budget (resuming after the first), then keep its model as FAMILY@BUDGET
 train_to() {
@@ -77,13 +84,17 @@ train_to() {
   [ "$resume" = 1 ] && common+=(--resume latest)
   case "$family" in
     ldm)   run "$LDM" train --config configs/ldm/fmnist-kl-f4.yaml --set "data.shards=$WORK/latents" "${common[@]}" ;;
+    ldm-f2|ldm-f8)  # the LDM's UNet and schedule on 16x16 or 4x4 latents
+           local f="${family#ldm-f}"
+           run "$LDM" train --config configs/ldm/fmnist-kl-f4.yaml --set "data.shards=$WORK/latents-f$f" \
+             --set "unet.sample_size=$((32 / f))" "${common[@]}" ;;
     pixel) run "$LDM" train --config configs/ldm/fmnist-pixel.yaml --set "data.shards=$DATA/train" "${common[@]}" ;;
     gan|flow|ar)
            run "$LDM" train-baseline "$family" --config "configs/baselines/$family-fmnist.yaml" \
              --set "data.shards=$DATA/train" "${common[@]}" ;;
     vq-ar) run "$LDM" train-baseline vq-ar --config configs/baselines/vq-ar-fmnist.yaml \
              --set "data.shards=$DATA/train" --set "autoencoder=$WORK/stage1-vq/autoencoder" "${common[@]}" ;;
-    *) echo "unknown family $family (ldm pixel gan flow ar vq-ar)" >&2; exit 2 ;;
+    *) echo "unknown family $family (ldm ldm-f2 ldm-f8 pixel gan flow ar vq-ar)" >&2; exit 2 ;;
   esac
 }
 
@@ -105,7 +116,7 @@ for seed in $SEEDS; do
         train_to "$family" "$inc" "$resume" "$seed"
         rm -rf "$dest"
         case "$family" in
-          ldm|pixel) run "$LDM" export "$(run_dir "$family" "$seed")" "$dest" ;;
+          ldm|ldm-f*|pixel) run "$LDM" export "$(run_dir "$family" "$seed")" "$dest" ;;
           *) run cp -r "$(run_dir "$family" "$seed")/model" "$dest" ;;
         esac
         touch "$dest/.complete"

@@ -81,6 +81,13 @@ class Point:
 
 def line_chart(points: list[Point], path: Path, title: str, xlabel: str, ylabel: str, log_x: bool = False,
                size: tuple[int, int] = (640, 400)) -> Path:
+    """`draw_line_chart`, saved to `path`."""
+    draw_line_chart(points, title, xlabel, ylabel, log_x, size).save(path)
+    return path
+
+
+def draw_line_chart(points: list[Point], title: str, xlabel: str, ylabel: str, log_x: bool = False,
+                    size: tuple[int, int] = (640, 400)) -> Image.Image:
     """Lines through each series' points (sorted by x), axes with a few ticks, a legend."""
     points = [p for p in points if math.isfinite(p.x) and math.isfinite(p.y) and (p.x > 0 or not log_x)]
     if not points:
@@ -119,8 +126,7 @@ def line_chart(points: list[Point], path: Path, title: str, xlabel: str, ylabel:
             d.ellipse([x - 3, y - 3, x + 3, y + 3], fill=colour)
         d.line([w - right + 12, top + 8 + 16 * k, w - right + 30, top + 8 + 16 * k], fill=colour, width=3)
         d.text((w - right + 36, top + 2 + 16 * k), name, fill="black")
-    img.save(path)
-    return path
+    return img
 
 
 def budget_table(rows) -> str:
@@ -164,5 +170,5 @@ def write_curves(rows, out: Path) -> list[Path]:
     return written
 
 
-__all__ = ["Point", "budget_table", "fd_spread", "line_chart", "seed_groups", "seed_of", "seed_table", "split_budget",
+__all__ = ["Point", "budget_table", "draw_line_chart", "fd_spread", "line_chart", "seed_groups", "seed_of", "seed_table", "split_budget",
            "write_curves"]

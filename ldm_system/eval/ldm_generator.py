@@ -12,6 +12,7 @@ import torch
 
 from ldm_system.diffusion.loop import sample
 from ldm_system.diffusion.samplers import SamplerConfig, make_sampler
+from ldm_system.eval.metrics import psnr
 from ldm_system.models.conditioning import Conditioning
 from ldm_system.artifacts.exported import ExportedLDM, load_exported_ldm
 
@@ -28,6 +29,17 @@ class LDMGenerator:
         den = self.model.denoiser
         self.conditioning = Conditioning.of(den.cfg, self.model.classes, self.model.text, den.class_embedding, device)
         self.num_classes = den.cfg.num_classes if den.cfg.conditioning == "class" else 0  # sample() cycles them
+
+    @torch.no_grad()
+    def reconstruction_psnr(self, images: torch.Tensor) -> float | None:
+        """Mean PSNR (dB, on [0, 1]) of `images` through the autoencoder (posterior mode): the ceiling
+        stage 1 puts on this model's samples. None for pixel-space models (no autoencoder)."""
+        codec = self.model.codec
+        if codec.is_identity:
+            return None
+        x = images.to(self.device).float()
+        recon = codec.ae.decode(codec.ae.encode_latents(x, sample=False)).clamp(-1, 1)
+        return float(psnr((recon + 1) / 2, (x + 1) / 2).mean())
 
     @torch.no_grad()
     def sample(self, num: int, seed: int = 0) -> torch.Tensor:

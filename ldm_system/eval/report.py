@@ -41,6 +41,7 @@ from ldm_system.eval.metrics import frechet_distance_from_features, kernel_incep
 from ldm_system.eval.classifier import SmallClassifier, conditional_accuracy, load_classifier
 from ldm_system.eval.protocols import ClassConditionalModel, GenerativeModel, LikelihoodModel
 from ldm_system.eval.score_cache import ScoreCache, score_key
+from ldm_system.eval.tradeoff import tradeoff_table, write_tradeoff
 from ldm_system.eval.vae_generator import VAEPriorGenerator
 from ldm_system.artifacts.kinds import LDM_META, MODEL_INDEX, STAGE1_META
 from ldm_system.images import make_grid
@@ -62,6 +63,8 @@ class Row:
     class_accuracy: float | None = None  # samples the classifier assigns to their class (conditional models)
     sharpness: float | None = None  # mean |Laplacian| of the samples (eval/verdict.py)
     setting: str = ""  # a sampling setting other than the model's main one ("DDIM-10")
+    recon_psnr: float | None = None  # latent diffusion: test images through its autoencoder, dB (the ceiling)
+    latent_shape: list[int] | None = None  # diffusion models: the (C, H, W) the UNet denoises
     error: str | None = None  # why this model could not be scored (the others still are)
 
 
@@ -126,6 +129,10 @@ def evaluate(name: str, family: str, gen: GenerativeModel, test: torch.Tensor, t
     row = Row(name, family, frechet_distance_from_features(test_feats, feats), pr["precision"], pr["recall"],
               bpd, spi, num, **_kid(test_feats, feats))
     row.sharpness = sharpness(samples)
+    if isinstance(gen, LDMGenerator):
+        row.recon_psnr = gen.reconstruction_psnr(test[:num])
+        u = gen.model.denoiser.cfg
+        row.latent_shape = [u.in_channels, u.sample_size, u.sample_size]
     if classifier is not None and labels[0] >= 0:
         row.class_accuracy = conditional_accuracy(classifier, samples, labels)
     return row, samples
@@ -210,6 +217,10 @@ def write_report(rows: list[Row], grids: dict[str, torch.Tensor], out: str | Pat
         text += "\n## Quality against training time\n\n" + table + "\n"
     for chart in write_curves(rows, out):
         text += f"\n![{chart.stem}]({chart.name})\n"
+    if table := tradeoff_table(rows):
+        text += "\n## The f trade-off: pixels vs latents of growing compression\n\n" + table + "\n"
+        if chart := write_tradeoff(rows, out):
+            text += f"\n![{chart.stem}]({chart.name})\n"
     if table := seed_table(rows):
         text += "\n## Training stability: FD across seeds\n\n" + table + "\n"
     text += "\n## The classic claims, against these numbers\n\n" + verdict_table(rows) + "\n"

@@ -18,3 +18,16 @@ def test_matches_the_pipeline(serving_model_dir, serving_pipe, guidance):
     classes = [i % k for i in range(6)] if k else None
     want = serving_pipe.sample(6, classes=classes, steps=5, guidance=guidance, seed=3)
     assert torch.equal(gen.sample(6, seed=3), want)
+
+
+def test_reconstruction_psnr_is_the_autoencoders_ceiling(serving_model_dir, serving_pipe):
+    """The report's stage-1 ceiling: test images through the export's autoencoder (posterior mode)."""
+    from ldm_system.eval.metrics import psnr
+
+    gen = LDMGenerator(serving_model_dir, steps=2)
+    x = serving_pipe.sample(4, steps=2, seed=0)  # any images of the model's shape
+    ae = gen.model.codec.ae
+    want = psnr((ae.decode(ae.encode_latents(x, sample=False)).clamp(-1, 1) + 1) / 2, (x + 1) / 2).mean()
+    got = gen.reconstruction_psnr(x)
+    assert got == pytest.approx(float(want), abs=1e-4) and 5.0 < got < 100.0
+    assert gen.reconstruction_psnr(x) == got  # the mode, not a sample: the same every time

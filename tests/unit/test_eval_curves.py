@@ -189,3 +189,30 @@ def test_report_cache_reads_back_unchanged_models_and_rescores_changed_ones(tmp_
     report("d")
     out = capsys.readouterr().out
     assert "unreadable" in out and "read from the cache" not in out
+
+
+def test_f_tradeoff_table_and_figure(tmp_path):
+    """pixel (f=1), ldm-f2, ldm (f=4), ldm-f8 at one budget: a row per f in f order and a two-panel PNG;
+    the largest budget with two or more f is used; fewer than two f: nothing."""
+    from ldm_system.eval.report import write_report
+    from ldm_system.eval.tradeoff import tradeoff_rows, tradeoff_table, write_tradeoff
+
+    def row(name, fd, step, shape, ceiling):
+        r = _row(name, fd, "ldm", step=step)
+        r.latent_shape, r.recon_psnr = shape, ceiling
+        return r
+
+    rows = [row("ldm-f8@8", 110.0, 2400, [3, 4, 4], 17.5), row("ldm@8", 65.0, 1800, [3, 8, 8], 22.1),
+            row("pixel@8", 125.0, 130, [1, 32, 32], None), row("ldm-f2@8", 90.0, 700, [3, 16, 16], 27.9),
+            row("ldm@16", 50.0, 3600, [3, 8, 8], 22.1), row("ldm@8#1", 70.0, 1800, [3, 8, 8], 22.1)]
+    minutes, at = tradeoff_rows(rows)
+    assert minutes == 8 and list(at) == [1, 2, 4, 8] and at[4].name == "ldm@8"  # seed 0; ldm@16 stands alone
+    table = tradeoff_table(rows)
+    assert "| 1 | pixel@8 | 1×32×32 | – (pixels) | 16.2 | 125.00 |" in table
+    assert "| 8 | ldm-f8@8 | 3×4×4 | 17.50 | 300.0 | 110.00 |" in table
+    assert table.index("| 2 | ldm-f2@8") < table.index("| 4 | ldm@8")
+    png = write_tradeoff(rows, tmp_path)
+    assert png.name == "tradeoff.png" and Image.open(png).size == (1040, 360)
+    assert write_tradeoff(rows[:1], tmp_path / "none") is None and tradeoff_table(rows[4:5]) == ""
+    md = (write_report(rows, {"ldm@8": torch.zeros(4, 1, 32, 32)}, tmp_path / "report", {"num": 10}) / "report.md").read_text()
+    assert "## The f trade-off" in md and "![tradeoff](tradeoff.png)" in md
