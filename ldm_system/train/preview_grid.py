@@ -53,8 +53,8 @@ def _text_size(font, text: str) -> tuple[int, int]:
 
 
 def wrap_label(font, text: str, width: int, lines: int = LINES) -> list[str]:
-    """`text` cut into at most `lines` lines no wider than `width` pixels, at spaces where one fits; a
-    cut-off tail ends in "..".
+    """`text` cut into at most `lines` lines no wider than `width` pixels, at spaces (or after a slash)
+    where one fits; a cut-off tail ends in "..".
     The bitmap font covers Latin-1: other characters become "?"."""
     text = text.encode("latin-1", "replace").decode("latin-1")
     out, rest = [], text
@@ -64,6 +64,8 @@ def wrap_label(font, text: str, width: int, lines: int = LINES) -> list[str]:
             n -= 1
         if n < len(rest) and " " in rest[1:n + 1]:  # break at the last space that fits
             n = rest.rindex(" ", 1, n + 1)
+        elif n < len(rest) and "/" in rest[1:n]:  # or after the last slash ("T-shirt/" "top")
+            n = rest.rindex("/", 1, n) + 1
         out.append(rest[:n])
         rest = rest[n:].lstrip()
     if rest and out:
@@ -97,7 +99,7 @@ def render_grid(grid: LabelledGrid) -> Image.Image:
         if grid.labels:
             cell = s.images.shape[-1] * scale
             for j, label in enumerate(grid.labels[: s.columns]):
-                for k, line in enumerate(wrap_label(font, label, cell + PAD)):
+                for k, line in enumerate(wrap_label(font, label, cell)):  # never into the next column
                     draw.text((PAD + j * (cell + PAD), y + 1 + k * line_h), line, fill=0, font=font)
             y += label_h
     return canvas

@@ -26,6 +26,8 @@ def test_labels_wrap_at_spaces_onto_two_lines_and_a_cut_tail_ends_in_dots():
     assert all(font.getbbox(line)[2] - font.getbbox(line)[0] <= 50 for line in lines)
     words = lines[0].split()
     assert words == text.split()[:len(words)]  # broken at a space, never inside a word
+    width = font.getbbox("T-shirt/")[2] + 2  # "T-shirt/top" does not fit: broken after its slash
+    assert wrap_label(font, "T-shirt/top", width) == ["T-shirt/", "top"]
 
 
 def test_sections_of_different_widths_share_one_white_padded_canvas_with_labels_under_the_columns():
