@@ -172,8 +172,15 @@ def cmd_train_classifier(a: argparse.Namespace) -> int:
 
 
 def cmd_report(a: argparse.Namespace) -> int:
-    from ldm_system.eval.report import run_report
+    from ldm_system.eval.report import redraw_report, run_report
 
+    if a.redraw:
+        if a.models:
+            raise SystemExit("ldm report --redraw rewrites the report in --out from its report.json; give no models")
+        print(f"report: {redraw_report(a.out) / 'report.md'} (redrawn from report.json)")
+        return 0
+    if not a.models or not a.test_shards:
+        raise SystemExit("ldm report: give NAME=MODEL_DIR models and --test-shards (or --redraw)")
     models = parse_models(a.models)
     run_report(models, a.test_shards, a.out, num=a.num, train_shards=a.train_shards, seed=a.seed,
                ldm_steps=a.ldm_steps, ldm_guidance=a.ldm_guidance, bpd_images=a.bpd_images, classifier=a.classifier,
@@ -279,10 +286,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.set_defaults(fn=cmd_train_baseline)
     p = sub.add_parser("report", help="compare trained models of every family on the same test images")
-    p.add_argument("models", nargs="+", metavar="NAME=MODEL_DIR",
+    p.add_argument("models", nargs="*", metavar="NAME=MODEL_DIR",
                    help="an `ldm export` folder, a baseline model folder or a stage-1 autoencoder folder (the VAE "
                         "row), e.g. ldm=outputs/demo/model; FAMILY@MINUTES names (ldm@10) draw training-time curves")
-    p.add_argument("--test-shards", required=True, help="held-out image shards (the first --num images are used)")
+    p.add_argument("--test-shards", default=None, help="held-out image shards (the first --num images are used)")
+    p.add_argument("--redraw", action="store_true",
+                   help="rewrite report.md and its charts in --out from its report.json, sampling nothing")
     p.add_argument("--train-shards", default=None, help="adds a 'data' row: train vs test images, the FD floor")
     p.add_argument("--num", type=int, default=500, help="samples per model and test images for FD")
     p.add_argument("--bpd-images", type=int, default=1000, help="test images for bits/dim (likelihood models)")

@@ -69,6 +69,21 @@ def make_grid(images: torch.Tensor, nrow: int | None = None, pad: int = 2) -> Im
     return Image.fromarray(canvas[..., 0] if c == 1 else canvas)
 
 
+def split_grid(grid: Image.Image, nrow: int, pad: int = 2) -> torch.Tensor:
+    """The inverse of `make_grid` for square tiles: a saved grid back to (B, C, H, W) in [-1, 1]
+    (all nrow × rows tiles; a short last row comes back as white tiles)."""
+    arr = np.asarray(grid)
+    arr = arr[..., None] if arr.ndim == 2 else arr
+    tile = (arr.shape[1] - pad) // nrow - pad
+    if tile < 1 or nrow * (tile + pad) + pad != arr.shape[1] or (arr.shape[0] - pad) % (tile + pad):
+        raise ValueError(f"a {arr.shape[1]}x{arr.shape[0]} image is not a grid of {nrow} square tiles per row "
+                         f"with {pad}-pixel padding")
+    rows = (arr.shape[0] - pad) // (tile + pad)
+    tiles = [arr[pad + r * (tile + pad): pad + r * (tile + pad) + tile, pad + q * (tile + pad): pad + q * (tile + pad) + tile]
+             for r in range(rows) for q in range(nrow)]
+    return torch.from_numpy(np.stack(tiles)).permute(0, 3, 1, 2).float() / 127.5 - 1
+
+
 def save_grid(images: torch.Tensor, path: str | Path, nrow: int | None = None) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -27,7 +27,8 @@ from PIL import Image, ImageDraw
 
 BUDGET = re.compile(r"^(?P<family>[A-Za-z][\w-]*)@(?P<minutes>\d+(\.\d+)?)(#(?P<seed>\d+))?$")
 COLOURS = [(31, 119, 180), (214, 39, 40), (44, 160, 44), (148, 103, 189), (255, 127, 14), (23, 190, 207),
-           (140, 86, 75), (127, 127, 127)]
+           (140, 86, 75), (127, 127, 127), (188, 189, 34), (227, 119, 194), (0, 0, 0), (0, 60, 130)]
+TICK_GAP = 44  # pixels: an x tick closer than this to the previous one is left out (its labels would overlap)
 
 
 def split_budget(name: str) -> tuple[str, float | None]:
@@ -99,7 +100,7 @@ def draw_line_chart(points: list[Point], title: str, xlabel: str, ylabel: str, l
     if x1 == x0:
         x0, x1 = x0 - 0.5, x1 + 0.5
     w, h = size
-    left, right, top, bottom = 64, 150, 34, 46
+    left, right, top, bottom = 64, 150, 44, 46
     img = Image.new("RGB", size, "white")
     d = ImageDraw.Draw(img)
     px = lambda v: left + (fx(v) - x0) / (x1 - x0) * (w - left - right)  # noqa: E731
@@ -107,13 +108,12 @@ def draw_line_chart(points: list[Point], title: str, xlabel: str, ylabel: str, l
     d.rectangle([left, top, w - right, h - bottom], outline=(0, 0, 0))
     d.text((left, 10), title, fill="black")
     d.text(((left + w - right) // 2 - 3 * len(xlabel), h - 18), xlabel, fill="black")
-    d.text((4, top - 14), ylabel, fill="black")
+    d.text((4, top - 18), ylabel, fill="black")
     for i in range(5):  # y ticks
         v = y0 + (y1 - y0) * i / 4
         d.line([left - 4, py(v), left, py(v)], fill="black")
         d.text((6, py(v) - 6), f"{v:.3g}", fill="black")
-    ticks = sorted({p.x for p in points})
-    for v in ticks:  # x ticks at the measured values
+    for v in x_ticks(sorted({p.x for p in points}), px, log_x):
         d.line([px(v), h - bottom, px(v), h - bottom + 4], fill="black")
         d.text((px(v) - 8, h - bottom + 6), f"{v:.3g}", fill="black")
     series = list(dict.fromkeys(p.series for p in points))
@@ -127,6 +127,20 @@ def draw_line_chart(points: list[Point], title: str, xlabel: str, ylabel: str, l
         d.line([w - right + 12, top + 8 + 16 * k, w - right + 30, top + 8 + 16 * k], fill=colour, width=3)
         d.text((w - right + 36, top + 2 + 16 * k), name, fill="black")
     return img
+
+
+def x_ticks(values: list[float], px, log_x: bool) -> list[float]:
+    """The measured x values, or on a log axis spanning more than a decade the 1-2-5 values inside it;
+    thinned so that no two labels are closer than TICK_GAP pixels."""
+    lo, hi = values[0], values[-1]
+    if log_x and hi / lo > 10:
+        values = [m * 10.0 ** k for k in range(math.floor(math.log10(lo)), math.ceil(math.log10(hi)) + 1)
+                  for m in (1, 2, 5) if lo <= m * 10.0 ** k <= hi]
+    kept: list[float] = []
+    for v in values:
+        if not kept or px(v) - px(kept[-1]) >= TICK_GAP:
+            kept.append(v)
+    return kept
 
 
 def budget_table(rows) -> str:
@@ -171,4 +185,4 @@ def write_curves(rows, out: Path) -> list[Path]:
 
 
 __all__ = ["Point", "budget_table", "draw_line_chart", "fd_spread", "line_chart", "seed_groups", "seed_of", "seed_table", "split_budget",
-           "write_curves"]
+           "write_curves", "x_ticks"]

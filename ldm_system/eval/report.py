@@ -33,7 +33,7 @@ from PIL import Image, ImageDraw
 from ldm_system.baselines import registry
 from ldm_system.baselines.common import MODEL_JSON
 from ldm_system.data.stream import first_images
-from ldm_system.eval.curves import budget_table, seed_table, write_curves
+from ldm_system.eval.curves import budget_table, seed_of, seed_table, split_budget, write_curves
 from ldm_system.eval.features import EFFNET_FD_LABEL, build_feature_extractor
 from ldm_system.eval.verdict import sharpness, verdict_table
 from ldm_system.eval.ldm_generator import LDMGenerator
@@ -44,7 +44,7 @@ from ldm_system.eval.score_cache import ScoreCache, score_key
 from ldm_system.eval.tradeoff import tradeoff_table, write_tradeoff
 from ldm_system.eval.vae_generator import VAEPriorGenerator
 from ldm_system.artifacts.kinds import LDM_META, MODEL_INDEX, STAGE1_META
-from ldm_system.images import make_grid
+from ldm_system.images import make_grid, split_grid
 
 
 @dataclass
@@ -203,12 +203,28 @@ def figure(rows: list[Row], grids: dict[str, torch.Tensor], path: Path, per_row:
     return path
 
 
+def row_order(r: Row) -> tuple:
+    """Tables and figures list the data row first, then by family, budget, seed, sampling setting:
+    gan@4, gan@4#1, gan@4#2, gan@8 (not the order the models were given in)."""
+    family, minutes = split_budget(r.name.split(" (")[0])
+    return (r.family != "data", family, -1.0 if minutes is None else minutes, seed_of(r.name.split(" (")[0]),
+            r.setting, r.name)
+
+
 def write_report(rows: list[Row], grids: dict[str, torch.Tensor], out: str | Path, settings: dict) -> Path:
+    """Sample grids, report.png, then `write_summary`."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    rows = sorted(rows, key=row_order)
     for name, images in grids.items():
         make_grid(images[:64], nrow=8).save(out / f"samples_{_slug(name)}.png")
     figure(rows, grids, out / "report.png")
+    return write_summary(rows, out, settings)
+
+
+def write_summary(rows: list[Row], out: Path, settings: dict) -> Path:
+    """report.json, report.md and its charts: everything that is drawn from the scores alone."""
+    rows = sorted(rows, key=row_order)
     (out / "report.json").write_text(json.dumps({"settings": settings, "rows": [_jsonable(asdict(r)) for r in rows]},
                                                 indent=2) + "\n")
     text = "# Model comparison\n\n" + markdown_table(rows, settings.get("feature net", "effnet-lite0")) + "\n\n" + "\n".join(
@@ -226,6 +242,24 @@ def write_report(rows: list[Row], grids: dict[str, torch.Tensor], out: str | Pat
     text += "\n## The classic claims, against these numbers\n\n" + verdict_table(rows) + "\n"
     (out / "report.md").write_text(text)
     return out
+
+
+def redraw_report(out: str | Path) -> Path:
+    """Rewrite report.md, its charts and report.png of a finished report from report.json and the
+    saved sample grids (samples_<model>.png), without sampling a model again."""
+    out = Path(out)
+    if not (out / "report.json").is_file():
+        raise FileNotFoundError(f"{out / 'report.json'}: no report to redraw here (run `ldm report` first)")
+    try:
+        saved = json.loads((out / "report.json").read_text())
+        rows = [_row_from_dict(d) for d in saved["rows"]]
+    except (ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"{out / 'report.json'}: not a report written by `ldm report` ({e})") from e
+    grids = {r.name: split_grid(Image.open(path), nrow=8) for r in rows
+             if (path := out / f"samples_{_slug(r.name)}.png").is_file()}
+    if grids:
+        figure(sorted(rows, key=row_order), grids, out / "report.png")
+    return write_summary(rows, out, saved.get("settings", {}))
 
 
 def _slug(name: str) -> str:

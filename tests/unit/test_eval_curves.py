@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
 from PIL import Image
 
 from ldm_system.eval.curves import (Point, budget_table, line_chart, seed_groups, seed_of, seed_table, split_budget,
-                                    write_curves)
+                                    write_curves, x_ticks, TICK_GAP)
 from ldm_system.eval.report import Row
 
 
@@ -216,3 +217,16 @@ def test_f_tradeoff_table_and_figure(tmp_path):
     assert write_tradeoff(rows[:1], tmp_path / "none") is None and tradeoff_table(rows[4:5]) == ""
     md = (write_report(rows, {"ldm@8": torch.zeros(4, 1, 32, 32)}, tmp_path / "report", {"num": 10}) / "report.md").read_text()
     assert "## The f trade-off" in md and "![tradeoff](tradeoff.png)" in md
+
+
+def test_x_ticks_on_a_wide_log_axis_are_1_2_5_values_that_do_not_overlap():
+    # the sampling chart spans 0.0003 .. 0.9 s/image: measured values there crowd into unreadable labels
+    px = lambda v: 64 + (math.log10(v) - math.log10(3e-4)) / (math.log10(0.9) - math.log10(3e-4)) * 426  # noqa: E731
+    measured = [3e-4, 0.0019, 0.005, 0.0051, 0.006, 0.0118, 0.056, 0.19, 0.193, 0.9]
+    ticks = x_ticks(measured, px, log_x=True)
+    assert set(ticks) <= {m * 10.0 ** k for k in range(-4, 1) for m in (1, 2, 5)}
+    assert all(px(b) - px(a) >= TICK_GAP for a, b in zip(ticks, ticks[1:]))
+    assert len(ticks) >= 4 and 3e-4 <= ticks[0] and ticks[-1] <= 0.9
+    # a narrow axis keeps the measured values (2, 4, 8 minutes)
+    px2 = lambda v: 64 + (math.log10(v) - math.log10(2)) / math.log10(4) * 426  # noqa: E731
+    assert x_ticks([2.0, 4.0, 8.0], px2, log_x=True) == [2.0, 4.0, 8.0]

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from ldm_system.eval.protocols import GenerativeModel, LikelihoodModel
-from ldm_system.eval.report import Row, data_row, evaluate, load_generator, markdown_table, write_report
+from ldm_system.eval.report import (Row, data_row, evaluate, load_generator, markdown_table, redraw_report, row_order,
+                                   write_report)
 
 
 class Replay:
@@ -89,14 +90,47 @@ def test_report_files(tmp_path, data):
             Row("broken", "gan", float("nan"), float("nan"), float("nan"), None, float("nan"), 0, error="NaN samples")]
     out = write_report(rows, {"flow": test[:20], "data (train vs test)": test[20:40]}, tmp_path, {"num": 60})
     report = json.loads((out / "report.json").read_text())
-    assert [r["name"] for r in report["rows"]] == ["data (train vs test)", "flow", "broken"]
-    assert report["rows"][2]["fd"] is None and report["rows"][2]["error"] == "NaN samples"  # valid JSON, no NaN
-    assert report["rows"][1]["bits_per_dim"] == 3.25
+    assert [r["name"] for r in report["rows"]] == ["data (train vs test)", "broken", "flow"]  # data first, then by name
+    assert report["rows"][1]["fd"] is None and report["rows"][1]["error"] == "NaN samples"  # valid JSON, no NaN
+    assert report["rows"][2]["bits_per_dim"] == 3.25
     md = (out / "report.md").read_text()
     assert "| flow | flow | 50.00 | 12.30 ± 0.40 | 0.400 | 0.300 | – | 3.250 | 0.0100 |" in md and "not comparable" in md
     assert "| broken | gan | failed: NaN samples |" in md
     assert (out / "samples_flow.png").exists() and (out / "report.png").exists()
     assert "| data (train vs test) | data | 10.00 | nan ± nan | 0.900 | 0.900 | – | – | – |" in markdown_table(rows)
+
+
+def test_rows_are_listed_by_family_budget_seed_and_setting():
+    names = ["gan@8", "gan@4#1", "ldm@4 (DDIM-10)", "gan@4", "data (train vs test)", "ldm@4", "gan@4#2", "gan@10"]
+    rows = [Row(n, "data" if n.startswith("data") else n[:3], 1.0, 0, 0, None, 0, 1,
+                setting="DDIM-10" if "(" in n else "") for n in names]
+    assert [r.name for r in sorted(rows, key=row_order)] == [
+        "data (train vs test)", "gan@4", "gan@4#1", "gan@4#2", "gan@8", "gan@10", "ldm@4", "ldm@4 (DDIM-10)"]
+
+
+def test_redraw_rewrites_tables_and_charts_from_report_json(tmp_path, data, capsys):
+    from ldm_system.cli import main
+
+    test, *_ = data
+    rows = [Row(f"{fam}@{m}", fam, fd, 0.5, 0.3, None, spi, 60, kid=0.01, kid_std=0.001, step=10 * m)
+            for fam, spi in (("gan", 0.0003), ("ldm", 0.06)) for m, fd in ((2, 90.0), (4, 80.0))]
+    rows.append(Row("ldm@4 (DDIM-10)", "ldm", 81.0, 0.5, 0.3, None, 0.012, 60, setting="DDIM-10", step=40))
+    write_report(rows, {r.name: test[:8] for r in rows}, tmp_path, {"num": 60})
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    for name in ("report.md", "curves.png", "sampling.png", "report.png"):
+        (tmp_path / name).unlink()
+    assert main(["report", "--redraw", "--out", str(tmp_path)]) == 0
+    after = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    assert after == before  # the same tables and charts, nothing sampled
+    with pytest.raises(FileNotFoundError, match="no report to redraw"):
+        redraw_report(tmp_path / "elsewhere")
+    (tmp_path / "report.json").write_text('{"rows": [{"name": "x", "colour": 1}]}')
+    with pytest.raises(ValueError, match="not a report written by `ldm report`"):
+        redraw_report(tmp_path)
+    with pytest.raises(SystemExit, match="give no models"):
+        main(["report", "--redraw", "x=y", "--out", str(tmp_path)])
+    with pytest.raises(SystemExit, match="--test-shards"):
+        main(["report", f"a={tmp_path}", "--out", str(tmp_path)])
 
 
 def test_unknown_folders_fail_clearly(tmp_path):
