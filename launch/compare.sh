@@ -11,7 +11,9 @@
 # saved as OUT/models/FAMILY@B and training continues from that checkpoint to the next budget.
 # Families: ldm (latent diffusion on the KL-f4 latents), pixel (the same UNet family on pixels),
 # gan, flow, ar (pixel autoregressive), vq-ar (autoregressive over VQ-f4 code indices; its VQ stage 1
-# trains for AE_MINUTES first), and vae (the KL stage-1 autoencoder's prior, one row).
+# trains for AE_MINUTES first). The LDM's KL-f4 stage 1 is also scored as a generator (row "vae": its
+# prior through its decoder); the family vae trains a VAE as a generator (configs/autoencoder/fmnist-vae.yaml,
+# the ELBO as its loss) for AE_MINUTES, one row "vae-elbo".
 # The f trade-off: ldm-f2 and ldm-f8 are the LDM on KL-f2 and KL-f8 latents (each stage 1 trained for
 # AE_MINUTES like the f=4 one); with pixel (f = 1) and ldm (f = 4) the report draws tradeoff.png.
 # SEEDS="0 1 2" trains each family once per seed (train.seed and data.seed): seed 0 is FAMILY@B, the
@@ -27,7 +29,7 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 BUDGETS="${BUDGETS:-5 10 20 40}"
-FAMILIES="${FAMILIES:-ldm pixel gan flow ar vq-ar}"
+FAMILIES="${FAMILIES:-ldm pixel gan flow ar vq-ar vae}"
 SEEDS="${SEEDS:-0}"
 OUT="${OUT:-docs/report}"
 WORK="${WORK:-outputs/compare}"
@@ -59,6 +61,7 @@ stage1_of() {
     ldm) echo "fmnist-kl-f4 stage1" ;;
     ldm-f2|ldm-f8) echo "fmnist-kl-${1#ldm-} stage1-${1#ldm-}" ;;
     vq-ar) echo "fmnist-vq-f4 stage1-vq" ;;
+    vae) echo "fmnist-vae stage1-vae" ;;
   esac
 }
 for family in $FAMILIES; do
@@ -69,7 +72,7 @@ for family in $FAMILIES; do
     --set "data.shards=$DATA/train" --set "train.out_dir=$WORK/$dir" --set "train.max_minutes=$AE_MINUTES" \
     --set train.steps=1000000 --set train.budget_clock=cpu
   latents="$WORK/latents${dir#stage1}"  # stage1 → latents, stage1-f2 → latents-f2
-  if [ "$family" != vq-ar ] && [ ! -f "$latents/manifest.json" ]; then
+  if [ "$family" != vq-ar ] && [ "$family" != vae ] && [ ! -f "$latents/manifest.json" ]; then
     run "$LDM" data encode --autoencoder "$WORK/$dir/autoencoder" "$DATA/train" "$latents" --overwrite
   fi
 done
@@ -94,7 +97,7 @@ train_to() {
              --set "data.shards=$DATA/train" "${common[@]}" ;;
     vq-ar) run "$LDM" train-baseline vq-ar --config configs/baselines/vq-ar-fmnist.yaml \
              --set "data.shards=$DATA/train" --set "autoencoder=$WORK/stage1-vq/autoencoder" "${common[@]}" ;;
-    *) echo "unknown family $family (ldm ldm-f2 ldm-f8 pixel gan flow ar vq-ar)" >&2; exit 2 ;;
+    *) echo "unknown family $family (ldm ldm-f2 ldm-f8 pixel gan flow ar vq-ar vae)" >&2; exit 2 ;;
   esac
 }
 
@@ -104,6 +107,7 @@ model_name() { [ "$3" = 0 ] && echo "$1@$2" || echo "$1@$2#$3"; }
 
 for seed in $SEEDS; do
   for family in $FAMILIES; do
+    [ "$family" = vae ] && continue  # its stage 1 is the model: no budgets
     done_minutes=0
     resume=0
     for budget in $BUDGETS; do
@@ -131,6 +135,7 @@ done
 models=()
 for dest in "$WORK"/models/*/; do dest="${dest%/}"; models+=("$(basename "$dest")=$dest"); done
 [ -f "$WORK/stage1/autoencoder/autoencoder.json" ] && models+=("vae=$WORK/stage1/autoencoder")
+[ -f "$WORK/stage1-vae/autoencoder/autoencoder.json" ] && models+=("vae-elbo=$WORK/stage1-vae/autoencoder")
 
 [ "$REPORT" = 1 ] || { echo "models in $WORK/models (REPORT=0: no report)"; exit 0; }
 run "$LDM" report "${models[@]}" --test-shards "$DATA/test" --train-shards "$DATA/train" --num "$NUM" \

@@ -172,12 +172,14 @@ def cmd_train_classifier(a: argparse.Namespace) -> int:
 
 
 def cmd_report(a: argparse.Namespace) -> int:
-    from ldm_system.eval.report import redraw_report, run_report
+    from ldm_system.eval.report import merge_reports, redraw_report, run_report
 
-    if a.redraw:
+    if a.redraw or a.merge:
         if a.models:
-            raise SystemExit("ldm report --redraw rewrites the report in --out from its report.json; give no models")
-        print(f"report: {redraw_report(a.out) / 'report.md'} (redrawn from report.json)")
+            raise SystemExit("ldm report --redraw/--merge rewrite the report in --out from report.json files; "
+                             "give no models")
+        done = merge_reports(a.out, a.merge) if a.merge else redraw_report(a.out)
+        print(f"report: {done / 'report.md'} ({'merged' if a.merge else 'redrawn from report.json'})")
         return 0
     if not a.models or not a.test_shards:
         raise SystemExit("ldm report: give NAME=MODEL_DIR models and --test-shards (or --redraw)")
@@ -292,6 +294,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test-shards", default=None, help="held-out image shards (the first --num images are used)")
     p.add_argument("--redraw", action="store_true",
                    help="rewrite report.md and its charts in --out from its report.json, sampling nothing")
+    p.add_argument("--merge", action="append", default=[], metavar="REPORT_DIR",
+                   help="add another report's rows to the one in --out (scored with the same settings), then redraw")
     p.add_argument("--train-shards", default=None, help="adds a 'data' row: train vs test images, the FD floor")
     p.add_argument("--num", type=int, default=500, help="samples per model and test images for FD")
     p.add_argument("--bpd-images", type=int, default=1000, help="test images for bits/dim (likelihood models)")

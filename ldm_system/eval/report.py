@@ -218,7 +218,8 @@ def write_report(rows: list[Row], grids: dict[str, torch.Tensor], out: str | Pat
     rows = sorted(rows, key=row_order)
     for name, images in grids.items():
         make_grid(images[:64], nrow=8).save(out / f"samples_{_slug(name)}.png")
-    figure(rows, grids, out / "report.png")
+    if grids:  # every model failed: no samples to show
+        figure(rows, grids, out / "report.png")
     return write_summary(rows, out, settings)
 
 
@@ -244,22 +245,61 @@ def write_summary(rows: list[Row], out: Path, settings: dict) -> Path:
     return out
 
 
+# settings that decide what a score means: reports merge only when these agree
+SCORING_SETTINGS = ("samples per model", "test images", "bits/dim images", "feature net", "seed", "LDM sampler",
+                    "LDM guidance")
+
+
+def _load_report(out: Path) -> tuple[list[Row], dict]:
+    if not (out / "report.json").is_file():
+        raise FileNotFoundError(f"{out / 'report.json'}: no report here (run `ldm report` first)")
+    try:
+        saved = json.loads((out / "report.json").read_text())
+        return [_row_from_dict(d) for d in saved["rows"]], dict(saved.get("settings", {}))
+    except (ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"{out / 'report.json'}: not a report written by `ldm report` ({e})") from e
+
+
+def merge_reports(out: str | Path, others: Sequence[str | Path]) -> Path:
+    """Add the rows (and sample grids) of other reports to the report in `out`, then redraw it: a
+    comparison scored in parts (on several machines, or a family added later without its models'
+    files at hand). The reports must agree on every setting that decides what a score means
+    (SCORING_SETTINGS, and the classifier where the other report has class accuracies); a row named in
+    both keeps `out`'s."""
+    out = Path(out)
+    rows, settings = _load_report(out)
+    names = {r.name for r in rows}
+    for other in map(Path, others):
+        more, theirs = _load_report(other)
+        keys = SCORING_SETTINGS + (("class accuracy",) if any(r.class_accuracy is not None for r in more) else ())
+        for k in keys:
+            if settings.get(k) != theirs.get(k):
+                raise ValueError(f"{other}: its {k!r} is {theirs.get(k)!r}, {out}'s is {settings.get(k)!r}: scores "
+                                 "made under other settings do not compare; score both the same way")
+        for r in more:
+            if r.name in names:
+                continue
+            rows.append(r)
+            names.add(r.name)
+            grid = other / f"samples_{_slug(r.name)}.png"
+            if grid.is_file():
+                (out / grid.name).write_bytes(grid.read_bytes())
+        settings["merged from"] = ", ".join(filter(None, [settings.get("merged from"), str(other)]))
+    (out / "report.json").write_text(json.dumps({"settings": settings, "rows": [_jsonable(asdict(r)) for r in rows]},
+                                                indent=2) + "\n")
+    return redraw_report(out)
+
+
 def redraw_report(out: str | Path) -> Path:
     """Rewrite report.md, its charts and report.png of a finished report from report.json and the
     saved sample grids (samples_<model>.png), without sampling a model again."""
     out = Path(out)
-    if not (out / "report.json").is_file():
-        raise FileNotFoundError(f"{out / 'report.json'}: no report to redraw here (run `ldm report` first)")
-    try:
-        saved = json.loads((out / "report.json").read_text())
-        rows = [_row_from_dict(d) for d in saved["rows"]]
-    except (ValueError, KeyError, TypeError) as e:
-        raise ValueError(f"{out / 'report.json'}: not a report written by `ldm report` ({e})") from e
+    rows, settings = _load_report(out)
     grids = {r.name: split_grid(Image.open(path), nrow=8) for r in rows
              if (path := out / f"samples_{_slug(r.name)}.png").is_file()}
     if grids:
         figure(sorted(rows, key=row_order), grids, out / "report.png")
-    return write_summary(rows, out, saved.get("settings", {}))
+    return write_summary(rows, out, settings)
 
 
 def _slug(name: str) -> str:

@@ -131,6 +131,23 @@ def test_verdict_table_reads_the_claims_off_the_rows():
     assert sharpness(flat) == 0.0 and sharpness(edges) > 1.0
 
 
+def test_of_several_vae_rows_the_best_generator_is_judged():
+    """The LDM's autoencoder (KL weight 1e-6) decodes prior samples to textures; a VAE trained on the ELBO
+    is the generator the claim is about: the VAE row with the lowest FD stands for the family."""
+    from ldm_system.eval.verdict import verdict_rows
+
+    rows = [_row("data (train vs test)", 20.0, "data"), _row("vae", 200.0, "vae"), _row("vae-elbo", 120.0, "vae")]
+    for r, sharp in zip(rows, (0.2, 0.25, 0.05)):
+        r.sharpness = sharp
+    numbers, verdict = next((n, v) for c, n, v in verdict_rows(rows) if c == "VAEs are blurry")
+    assert verdict == "supported" and numbers.startswith("vae-elbo sharpness 0.25× data, FD 120.0")
+    rows[2].fd = 250.0  # now the texture row is the better generator
+    numbers, verdict = next((n, v) for c, n, v in verdict_rows(rows) if c == "VAEs are blurry")
+    assert verdict == "refuted" and numbers.startswith("vae sharpness 1.25× data")
+    rows[1].sharpness = None  # a report.json from before sharpness was measured: no verdict, no crash
+    assert next(v for c, n, v in verdict_rows(rows) if c == "VAEs are blurry") == "not measured (a row is missing)"
+
+
 def test_seeds_are_named_grouped_and_kept_out_of_the_curves(tmp_path):
     assert split_budget("gan@4#2") == ("gan", 4.0) and seed_of("gan@4#2") == 2 and seed_of("gan@4") == 0
     assert seed_of("ldm@4#1 (DDIM-10)") == 1 and seed_of("vae") == 0 and split_budget("gan@4#x") == ("gan@4#x", None)

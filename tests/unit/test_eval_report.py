@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from ldm_system.eval.protocols import GenerativeModel, LikelihoodModel
-from ldm_system.eval.report import (Row, data_row, evaluate, load_generator, markdown_table, redraw_report, row_order,
-                                   write_report)
+from ldm_system.eval.report import (Row, data_row, evaluate, load_generator, markdown_table, merge_reports, redraw_report,
+                                   row_order, write_report)
 
 
 class Replay:
@@ -122,7 +122,7 @@ def test_redraw_rewrites_tables_and_charts_from_report_json(tmp_path, data, caps
     assert main(["report", "--redraw", "--out", str(tmp_path)]) == 0
     after = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
     assert after == before  # the same tables and charts, nothing sampled
-    with pytest.raises(FileNotFoundError, match="no report to redraw"):
+    with pytest.raises(FileNotFoundError, match="no report here"):
         redraw_report(tmp_path / "elsewhere")
     (tmp_path / "report.json").write_text('{"rows": [{"name": "x", "colour": 1}]}')
     with pytest.raises(ValueError, match="not a report written by `ldm report`"):
@@ -131,6 +131,30 @@ def test_redraw_rewrites_tables_and_charts_from_report_json(tmp_path, data, caps
         main(["report", "--redraw", "x=y", "--out", str(tmp_path)])
     with pytest.raises(SystemExit, match="--test-shards"):
         main(["report", f"a={tmp_path}", "--out", str(tmp_path)])
+
+
+def test_reports_scored_the_same_way_merge(tmp_path, data):
+    from ldm_system.cli import main
+
+    test, *_ = data
+    settings = {"samples per model": 60, "test images": "t", "feature net": "effnet-lite0", "seed": 0}
+    a = [Row("data (train vs test)", "data", 10.0, 0.9, 0.9, None, 0.0, 60), Row("gan@4", "gan", 50.0, 0.5, 0.1, None, 0.001, 60)]
+    b = [Row("data (train vs test)", "data", 10.5, 0.9, 0.9, None, 0.0, 60), Row("vae-elbo", "vae", 120.0, 0.9, 0.0, None, 0.001, 60)]
+    write_report(a, {r.name: test[:8] for r in a}, tmp_path / "a", settings)
+    write_report(b, {"vae-elbo": test[8:16]}, tmp_path / "b", settings)
+    assert main(["report", "--merge", str(tmp_path / "b"), "--out", str(tmp_path / "a")]) == 0
+    merged = json.loads((tmp_path / "a" / "report.json").read_text())
+    assert [r["name"] for r in merged["rows"]] == ["data (train vs test)", "gan@4", "vae-elbo"]
+    assert merged["rows"][0]["fd"] == 10.0  # a row in both keeps the first report's
+    assert merged["settings"]["merged from"] == str(tmp_path / "b")
+    assert "| vae-elbo | vae | 120.00 |" in (tmp_path / "a" / "report.md").read_text()
+    assert (tmp_path / "a" / "samples_vae-elbo.png").read_bytes() == (tmp_path / "b" / "samples_vae-elbo.png").read_bytes()
+    # scored with other settings: refused, and the report is left as it was
+    write_report(b, {}, tmp_path / "c", {**settings, "samples per model": 500})
+    before = (tmp_path / "a" / "report.json").read_text()
+    with pytest.raises(ValueError, match="its 'samples per model' is 500, .* is 60: scores made under other settings"):
+        merge_reports(tmp_path / "a", [tmp_path / "c"])
+    assert (tmp_path / "a" / "report.json").read_text() == before
 
 
 def test_unknown_folders_fail_clearly(tmp_path):
