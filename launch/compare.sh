@@ -133,7 +133,10 @@ done
 # the report covers every model saved under WORK/models, so a comparison can grow pass by pass
 # (another family, another seed) and `--cache` re-scores only what is new
 models=()
-for dest in "$WORK"/models/*/; do dest="${dest%/}"; models+=("$(basename "$dest")=$dest"); done
+for dest in "$WORK"/models/*/; do
+  [ -d "$dest" ] || continue  # no models yet (a pass of the vae family alone): the glob stays unexpanded
+  dest="${dest%/}"; models+=("$(basename "$dest")=$dest")
+done
 [ -f "$WORK/stage1/autoencoder/autoencoder.json" ] && models+=("vae=$WORK/stage1/autoencoder")
 [ -f "$WORK/stage1-vae/autoencoder/autoencoder.json" ] && models+=("vae-elbo=$WORK/stage1-vae/autoencoder")
 

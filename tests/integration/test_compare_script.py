@@ -1,5 +1,5 @@
-"""`launch/compare.sh` as a user runs it, in three passes at tiny budgets: the comparison grows (a
-family with its own stage 1, then another seed), a pass skips what an earlier one saved, and the
+"""`launch/compare.sh` as a user runs it, in four passes at tiny budgets: the comparison grows (the VAE
+alone, a family with its own stage 1, then another seed), a pass skips what an earlier one saved, and the
 report's score cache makes a repeated report sample nothing."""
 from __future__ import annotations
 
@@ -27,6 +27,9 @@ def _compare(tmp_path: Path, **env: str) -> str:
 
 def test_compare_grows_pass_by_pass(tmp_path):
     work, report = tmp_path / "work", tmp_path / "report"
+    # pass 0: the VAE alone (a stage 1, no budgets, no models yet), models only
+    out = _compare(tmp_path, FAMILIES="vae", BUDGETS="0.05", REPORT="0")
+    assert (work / "stage1-vae" / "autoencoder").is_dir() and not list((work / "models").iterdir())
     # pass 1: the GAN and the f = 8 LDM (its own KL-f8 stage 1 and latents), models only
     out = _compare(tmp_path, FAMILIES="gan ldm-f8", BUDGETS="0.05 0.1", REPORT="0")
     saved = sorted(p.name for p in (work / "models").iterdir())
@@ -42,13 +45,13 @@ def test_compare_grows_pass_by_pass(tmp_path):
     out = _compare(tmp_path, FAMILIES="gan", BUDGETS="0.1", SEEDS="1")
     assert (work / "models" / "gan@0.1#1" / ".complete").exists() and "runs/gan#1" in out
     md = (report / "report.md").read_text()
-    for name in ("gan@0.05", "gan@0.1", "gan@0.1#1", "ldm-f8@0.1"):
+    for name in ("gan@0.05", "gan@0.1", "gan@0.1#1", "ldm-f8@0.1", "vae-elbo"):
         assert f"| {name} |" in md
     assert "## Training stability: FD across seeds" in md and "| gan | 0.1 | 2 |" in md
-    assert len(list((work / "scores").glob("*.pt"))) == 5  # five models, one sampling setting each
+    assert len(list((work / "scores").glob("*.pt"))) == 6  # six models, one sampling setting each
 
     # pass 3: the same again trains nothing and samples nothing
     out = _compare(tmp_path, FAMILIES="gan", BUDGETS="0.1", SEEDS="1")
     assert "= gan@0.1#1: saved by an earlier pass" in out and "train-baseline" not in out
-    assert out.count("score read from the cache") == 5
-    assert (report / "commands.txt").read_text().count("# pass of ") == 3
+    assert out.count("score read from the cache") == 6
+    assert (report / "commands.txt").read_text().count("# pass of ") == 4
