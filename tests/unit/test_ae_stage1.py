@@ -1,13 +1,12 @@
 """The stage-1 task against the engine contract, driven by a small manual loop that mimics the
 engine (backward -> optimizer step -> zero_grad for each yielded loss)."""
 import dataclasses
-import os
 import socket
 
 import pytest
 import torch
 
-from autoencoders.config import LossConfig, preset
+from autoencoders.config import preset
 from autoencoders.stage1 import Stage1Task
 
 
