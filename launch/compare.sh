@@ -72,9 +72,9 @@ for family in $FAMILIES; do
     --set "data.shards=$DATA/train" --set "train.out_dir=$WORK/$dir" --set "train.max_minutes=$AE_MINUTES" \
     --set train.steps=1000000 --set train.budget_clock=cpu
   latents="$WORK/latents${dir#stage1}"  # stage1 → latents, stage1-f2 → latents-f2
-  if [ "$family" != vq-ar ] && [ "$family" != vae ] && [ ! -f "$latents/manifest.json" ]; then
-    run "$LDM" data encode --autoencoder "$WORK/$dir/autoencoder" "$DATA/train" "$latents" --overwrite
-  fi
+  case "$family" in vq-ar|vae) continue ;; esac  # no latent diffusion on these: no latents to encode
+  [ -f "$latents/manifest.json" ] || run "$LDM" data encode --autoencoder "$WORK/$dir/autoencoder" "$DATA/train" \
+    "$latents" --overwrite
 done
 
 # train FAMILY (at SEED) to the next budget (resuming after the first), then keep its model as FAMILY@BUDGET

@@ -206,9 +206,9 @@ def figure(rows: list[Row], grids: dict[str, torch.Tensor], path: Path, per_row:
 def row_order(r: Row) -> tuple:
     """Tables and figures list the data row first, then by family, budget, seed, sampling setting:
     gan@4, gan@4#1, gan@4#2, gan@8 (not the order the models were given in)."""
-    family, minutes = split_budget(r.name.split(" (")[0])
-    return (r.family != "data", family, -1.0 if minutes is None else minutes, seed_of(r.name.split(" (")[0]),
-            r.setting, r.name)
+    base = r.name.split(" (")[0]  # "ldm@4 (DDIM-10)" sorts with "ldm@4"
+    family, minutes = split_budget(base)
+    return (r.family != "data", family, -1.0 if minutes is None else minutes, seed_of(base), r.setting, r.name)
 
 
 def write_report(rows: list[Row], grids: dict[str, torch.Tensor], out: str | Path, settings: dict) -> Path:
@@ -224,8 +224,8 @@ def write_report(rows: list[Row], grids: dict[str, torch.Tensor], out: str | Pat
 
 
 def write_summary(rows: list[Row], out: Path, settings: dict) -> Path:
-    """report.json, report.md and its charts: everything that is drawn from the scores alone."""
-    rows = sorted(rows, key=row_order)
+    """report.json, report.md and its charts: everything that is drawn from the scores alone (rows
+    in `row_order`)."""
     (out / "report.json").write_text(json.dumps({"settings": settings, "rows": [_jsonable(asdict(r)) for r in rows]},
                                                 indent=2) + "\n")
     text = "# Model comparison\n\n" + markdown_table(rows, settings.get("feature net", "effnet-lite0")) + "\n\n" + "\n".join(
@@ -285,9 +285,7 @@ def merge_reports(out: str | Path, others: Sequence[str | Path]) -> Path:
             if grid.is_file():
                 (out / grid.name).write_bytes(grid.read_bytes())
         settings["merged from"] = ", ".join(filter(None, [settings.get("merged from"), str(other)]))
-    (out / "report.json").write_text(json.dumps({"settings": settings, "rows": [_jsonable(asdict(r)) for r in rows]},
-                                                indent=2) + "\n")
-    return redraw_report(out)
+    return _redraw(rows, out, settings)
 
 
 def redraw_report(out: str | Path) -> Path:
@@ -295,10 +293,16 @@ def redraw_report(out: str | Path) -> Path:
     saved sample grids (samples_<model>.png), without sampling a model again."""
     out = Path(out)
     rows, settings = _load_report(out)
+    return _redraw(rows, out, settings)
+
+
+def _redraw(rows: list[Row], out: Path, settings: dict) -> Path:
+    """report.png from the sample grids saved in `out`, then `write_summary`."""
+    rows = sorted(rows, key=row_order)
     grids = {r.name: split_grid(Image.open(path), nrow=8) for r in rows
              if (path := out / f"samples_{_slug(r.name)}.png").is_file()}
     if grids:
-        figure(sorted(rows, key=row_order), grids, out / "report.png")
+        figure(rows, grids, out / "report.png")
     return write_summary(rows, out, settings)
 
 

@@ -37,7 +37,10 @@ def _latest(rows) -> dict[str, object]:
             continue
         family, minutes = split_budget(r.name)
         key = r.family if r.family in ("data", "vae") else family
-        m = -r.fd if key == "vae" else -1.0 if minutes is None else minutes
+        if key == "vae":
+            m = -r.fd  # the best generator
+        else:
+            m = -1.0 if minutes is None else minutes  # the longest-trained
         if key not in best or m > best[key][0]:
             best[key] = (m, r)
     return {k: v[1] for k, v in best.items()}
